@@ -1,0 +1,39 @@
+"""Torch module → one self-contained ``.onnx`` file (weights inside, dynamic batch)."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..artifact import InputSpec
+
+OPSET = 18
+
+
+def export_onnx(module: torch.nn.Module, spec: InputSpec, path: Path, output_names: Sequence[str]) -> Path:
+    """Export ``module`` (eval) for input (N,3,H,W) named ``spec.name``; N dynamic if ``spec.dynamic_batch``.
+
+    torch 2.9+ exports with dynamo and writes weights to a side ``.data`` file unless
+    ``external_data=False``: small edge models stay one file.
+    """
+    module = module.eval()
+    example = torch.zeros(1, 3, spec.height, spec.width)
+    dynamic = {"x": {0: torch.export.Dim("batch", min=1, max=256)}} if spec.dynamic_batch else None
+    arg_name = next(iter(_forward_arg_names(module)))
+    if dynamic is not None:
+        dynamic = {arg_name: dynamic["x"]}
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), input_names=[spec.name], output_names=list(output_names),
+                          dynamic_shapes=dynamic, dynamo=True, external_data=False, opset_version=OPSET,
+                          verbose=False)
+    return Path(path)
+
+
+def _forward_arg_names(module: torch.nn.Module) -> list[str]:
+    import inspect
+
+    return [p for p in inspect.signature(module.forward).parameters]

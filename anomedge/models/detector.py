@@ -1,0 +1,59 @@
+"""The detector interface (workstation side) and the registry of detectors.
+
+A detector is fitted on good images and then described by three things that go into the artifact:
+``graph()`` — a torch module image (N,3,H,W) → named outputs, exported to ``model.onnx``;
+``arrays()`` — the fitted state the host scoring head needs (``bank.npy``, ``mean.npy`` …);
+``metadata_blocks()`` — the ``model`` / ``scoring`` / ``postprocess`` / ``outputs`` blocks.
+``build_graph(model_block)`` rebuilds the same graph from metadata alone: that is how the PyTorch
+reference backend runs an artifact without any pickled object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+
+
+class Detector(ABC):
+    name: ClassVar[str]
+    output_names: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def fit(self, train: Sequence[Path]) -> "Detector":
+        """Fit on good images (file paths)."""
+
+    @abstractmethod
+    def graph(self):
+        """The torch module to export: (N,3,H,W) normalised float32 → outputs in ``output_names`` order."""
+
+    @abstractmethod
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Fitted arrays, by artifact file name."""
+
+    @abstractmethod
+    def metadata_blocks(self) -> dict[str, Any]:
+        """{"model": …, "scoring": …, "postprocess": …, "input": InputSpec, "outputs": …}."""
+
+    @classmethod
+    @abstractmethod
+    def build_graph(cls, model_block: dict[str, Any]):
+        """Rebuild ``graph()`` from the artifact's ``model`` block (and nothing else)."""
+
+
+# name → "module:Class"; modules import torch, so they are loaded only when asked for.
+DETECTORS: dict[str, str] = {
+    "patchcore": "anomedge.models.patchcore:PatchCore",
+}
+
+
+def get_detector(name: str) -> type[Detector]:
+    if name not in DETECTORS:
+        raise InputError(f"unknown detector '{name}'; choose one of: {', '.join(DETECTORS)}")
+    module, cls = DETECTORS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

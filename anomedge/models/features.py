@@ -1,0 +1,32 @@
+"""Shared torch helpers for detectors: batched feature extraction from image files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..artifact import InputSpec
+from ..runtime.preprocess import preprocess, read_image
+
+
+def batches(paths: Sequence[Path], spec: InputSpec, batch_size: int) -> Iterator[torch.Tensor]:
+    """Yield (B,3,H,W) float32 tensors, preprocessed exactly as the runtime does."""
+    for start in range(0, len(paths), batch_size):
+        frames = [read_image(p) for p in paths[start:start + batch_size]]
+        yield torch.from_numpy(preprocess(frames, spec))
+
+
+@torch.inference_mode()
+def extract(module: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[Path], spec: InputSpec,
+            batch_size: int = 16, progress: bool | None = None) -> np.ndarray:
+    """Run ``module`` over all images → concatenated (N, …) float32 numpy array."""
+    from tqdm import tqdm
+
+    total = (len(paths) + batch_size - 1) // batch_size
+    disable = None if progress is None else not progress  # None: show only on a terminal
+    outs = [module(b).float().numpy()
+            for b in tqdm(batches(paths, spec, batch_size), total=total, desc="features", disable=disable, leave=False)]
+    return np.concatenate(outs, axis=0)

@@ -1,0 +1,94 @@
+"""The backend interface: run the artifact's graph on a batch; checks here, work in ``_infer``.
+
+A backend turns a preprocessed batch (N,3,H,W) float32 into the graph's named outputs. ``stages()``
+assembles the four stages the pipeline times (preprocess, infer, score, postprocess); host backends
+keep the default (OpenCV + numpy fused kernels), the PyTorch reference overrides it with torch.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import numpy as np
+
+from ...artifact import Artifact
+from ...errors import InputError
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The pipeline's four callables.
+
+    preprocess: list of frames → (N,3,H,W) float32; infer: batch → {output name: array};
+    score: outputs → (N,h,w) float32 patch scores; postprocess: patch scores → ((N,), (N,H,W)).
+    """
+
+    preprocess: Callable[[list[np.ndarray]], Any]
+    infer: Callable[[Any], dict[str, Any]]
+    score: Callable[[dict[str, Any]], Any]
+    postprocess: Callable[[Any], tuple[np.ndarray, np.ndarray]]
+
+
+class Backend(ABC):
+    """Base class of every backend; subclasses set ``name`` and ``install_hint`` and implement hooks."""
+
+    name: ClassVar[str]
+    install_hint: ClassVar[str] = ""
+
+    def __init__(self, artifact: Artifact, device: str = "auto", **options: Any):
+        self.artifact = artifact
+        self.device = device
+        self.options = options
+        self.precision = "fp32"
+
+    @classmethod
+    def check_available(cls) -> None:
+        """Raise BackendUnavailable (with ``install_hint``) if the library or device is missing."""
+
+    def __enter__(self) -> "Backend":
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def open(self) -> None:
+        """Acquire sessions / engines / buffers. Default: nothing to do."""
+
+    def close(self) -> None:
+        """Release what ``open`` acquired."""
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Check ``batch`` against the artifact's input spec, then run ``_infer``."""
+        spec = self.artifact.metadata.input
+        expected = (3, spec.height, spec.width)
+        if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.shape[1:] != expected:
+            got = getattr(batch, "shape", type(batch).__name__)
+            raise InputError(f"input batch {got}: expected (N, {', '.join(map(str, expected))}); use runtime.preprocess")
+        if batch.dtype != np.float32:
+            raise InputError(f"input batch dtype {batch.dtype}: expected float32")
+        if not spec.dynamic_batch and batch.shape[0] != 1:
+            raise InputError(f"input batch of {batch.shape[0]}: this artifact was exported for batch 1")
+        return self._infer(np.ascontiguousarray(batch))
+
+    @abstractmethod
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the graph; ``batch`` is already checked."""
+
+    def stages(self) -> Stages:
+        """Host stages: OpenCV preprocessing, this backend's graph, the fused scoring head, OpenCV postprocess."""
+        from ..heads import make_head
+        from ..postprocess import anomaly_maps, image_scores
+        from ..preprocess import preprocess
+
+        meta = self.artifact.metadata
+        head = make_head(self.artifact)
+        post = meta.postprocess
+        size = (meta.input.height, meta.input.width)
+
+        def postprocess(patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
+
+        return Stages(lambda frames: preprocess(frames, meta.input), self.infer, head, postprocess)

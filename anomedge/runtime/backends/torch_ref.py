@@ -1,0 +1,188 @@
+"""The PyTorch reference: the same detector in eager torch, every stage — what parity is measured against.
+
+It rebuilds the graph from the artifact's ``model`` block (no pickles), and runs its own torch
+preprocessing (``F.interpolate``), torch scoring (``torch.cdist`` kNN, Mahalanobis with the full
+Σ⁻¹ = L Lᵀ) and torch postprocessing (interpolate + Gaussian conv). torch is imported lazily: this
+module is importable only where the ``export`` extra is installed, and the runtime never imports it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ...errors import BackendUnavailable, InputError
+from .base import Backend, Stages
+
+
+def _to_rgb_tensor(frame: np.ndarray):
+    import torch
+
+    if frame.dtype not in (np.uint8, np.uint16):
+        raise InputError(f"frame dtype {frame.dtype}: expected uint8 or uint16 pixels")
+    image = torch.from_numpy(frame.astype(np.float32))
+    if frame.dtype == np.uint16:
+        image = image * (255.0 / 65535.0)
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = image[:, :, None].expand(-1, -1, 3)
+    elif image.ndim == 3 and image.shape[2] in (3, 4):
+        image = image[:, :, [2, 1, 0]]
+    else:
+        raise InputError(f"frame shape {tuple(frame.shape)}: expected (H,W) gray, (H,W,3) BGR or (H,W,4) BGRA")
+    return image.permute(2, 0, 1)
+
+
+class TorchReference(Backend):
+    name = "torch"
+    install_hint = "pip install 'anomedge[export]'  (the PyTorch reference needs torch and timm)"
+
+    @classmethod
+    def check_available(cls) -> None:
+        try:
+            import torch  # noqa: F401
+            import timm  # noqa: F401
+        except ImportError as exc:
+            raise BackendUnavailable(f"the PyTorch reference needs torch and timm: {cls.install_hint}") from exc
+
+    def __init__(self, artifact, device: str = "auto", threads: int | None = None, **options: Any):
+        super().__init__(artifact, device, **options)
+        self.threads = threads
+        self.module = None
+
+    def open(self) -> None:
+        import torch
+
+        from ...models.detector import get_detector
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        meta = self.artifact.metadata
+        self.module = get_detector(meta.detector).build_graph(meta.model).eval()
+        self.output_names = list(meta.outputs["names"])
+
+    def _forward(self, batch):
+        import torch
+
+        with torch.inference_mode():
+            out = self.module(batch)
+        out = out if isinstance(out, (tuple, list)) else (out,)
+        return dict(zip(self.output_names, out))
+
+    def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
+        return {k: v.numpy() for k, v in self._forward(torch.from_numpy(batch)).items()}
+
+    def stages(self) -> Stages:
+        import torch
+        import torch.nn.functional as F
+
+        meta = self.artifact.metadata
+        spec = meta.input
+        mean = torch.tensor(spec.mean).view(1, 3, 1, 1) * 255.0
+        std = torch.tensor(spec.std).view(1, 3, 1, 1) * 255.0
+
+        def preprocess(frames: list[np.ndarray]):
+            out = []
+            for frame in frames:
+                image = _to_rgb_tensor(frame)[None]
+                if tuple(image.shape[-2:]) != (spec.height, spec.width):
+                    image = F.interpolate(image, size=(spec.height, spec.width), mode=spec.interpolation,
+                                          align_corners=False, antialias=False)
+                out.append(image)
+            return (torch.cat(out) - mean) / std
+
+        score = TORCH_HEADS[meta.scoring["kind"]](self.artifact)
+        sigma = float(meta.postprocess["blur_sigma"])
+        reduction = dict(meta.postprocess["reduction"])
+
+        def postprocess(patch_scores):
+            maps = F.interpolate(patch_scores[:, None], size=(spec.height, spec.width), mode="bilinear",
+                                 align_corners=False)
+            if sigma > 0:
+                maps = _gaussian_blur(maps, sigma)
+            return _reduce(patch_scores, reduction), maps[:, 0]
+
+        return Stages(preprocess, self._forward, score, postprocess)
+
+
+def _gaussian_blur(maps, sigma: float):
+    import torch
+    import torch.nn.functional as F
+
+    from ..postprocess import kernel_size
+
+    size = kernel_size(sigma)
+    x = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = (g / g.sum()).float()
+    pad = size // 2
+    maps = F.pad(maps, (pad, pad, pad, pad), mode="reflect")
+    maps = F.conv2d(maps, g.view(1, 1, 1, -1))
+    return F.conv2d(maps, g.view(1, 1, -1, 1))
+
+
+def _top_fraction_mean(flat, fraction: float = 0.05):
+    count = max(1, int(round(flat.shape[1] * fraction)))
+    return flat.topk(count, dim=1).values.mean(dim=1)
+
+
+TORCH_REDUCTIONS = {
+    "max": lambda flat: flat.max(dim=1).values,
+    "mean": lambda flat: flat.mean(dim=1),
+    "top_fraction_mean": _top_fraction_mean,
+}
+
+
+def _reduce(patch_scores, reduction: dict[str, Any]):
+    params = dict(reduction)
+    return TORCH_REDUCTIONS[params.pop("name")](patch_scores.flatten(1), **params)
+
+
+def _knn_head(artifact):
+    import torch
+
+    bank = torch.from_numpy(artifact.array("bank").astype(np.float32))
+    k = int(artifact.metadata.scoring.get("k", 1))
+
+    def score(outputs):
+        feats = outputs["features"]
+        n, d, h, w = feats.shape
+        queries = feats.permute(0, 2, 3, 1).reshape(-1, d)
+        dist = torch.cdist(queries.double(), bank.double())  # reference: float64, full matrix
+        return dist.topk(k, dim=1, largest=False).values.mean(dim=1).float().reshape(n, h, w)
+
+    return score
+
+
+def _mahalanobis_head(artifact):
+    import torch
+
+    mean = torch.from_numpy(artifact.array("mean").astype(np.float64))
+    factor = torch.from_numpy(artifact.array("factor").astype(np.float64))
+    precision = factor @ factor.transpose(1, 2)  # Σ⁻¹ per position
+
+    def score(outputs):
+        feats = outputs["features"]
+        n, c, h, w = feats.shape
+        delta = feats.double().reshape(n, c, h * w).permute(0, 2, 1) - mean  # (N,P,C)
+        d2 = torch.einsum("npc,pcd,npd->np", delta, precision, delta)
+        return d2.clamp_min(0).sqrt().float().reshape(n, h, w)
+
+    return score
+
+
+def _reconstruction_head(artifact):
+    def score(outputs):
+        error = outputs["error"]
+        return error[:, 0] if error.ndim == 4 else error
+
+    return score
+
+
+TORCH_HEADS = {"knn": _knn_head, "mahalanobis": _mahalanobis_head, "reconstruction": _reconstruction_head}
+
+BACKEND = TorchReference

@@ -1,0 +1,62 @@
+"""OpenCV preprocessing: any frame → the model's input tensor, reproducing the torch transforms.
+
+Contract: ``to_rgb_float(frame)`` turns uint8/uint16 GRAY, BGR or BGRA (H,W[,C]) into (H,W,3) float32
+RGB in [0,255]; ``preprocess(frames, spec)`` resizes each (bilinear, half-pixel centres, no
+antialias — the same as ``torch.nn.functional.interpolate(..., align_corners=False)``), scales to
+[0,1], normalises with the artifact's mean/std and returns (N,3,H,W) float32.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..artifact import InputSpec
+from ..errors import InputError
+
+_INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
+_DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode an image file as stored (8/16-bit, 1/3/4 channels). Raises InputError naming the file."""
+    path = Path(path)
+    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
+    if data is None:
+        raise InputError(f"{path}: no such file")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if image is None:
+        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
+    return image
+
+
+def to_rgb_float(frame: np.ndarray) -> np.ndarray:
+    """(H,W), (H,W,1), (H,W,3) BGR or (H,W,4) BGRA, uint8 or uint16 → (H,W,3) float32 RGB in [0,255]."""
+    if frame.dtype not in _DEPTH_SCALE:
+        raise InputError(f"frame dtype {frame.dtype}: expected uint8 or uint16 pixels")
+    if frame.ndim == 3 and frame.shape[2] == 1:
+        frame = frame[:, :, 0]
+    channels = 1 if frame.ndim == 2 else frame.shape[2]
+    if frame.ndim not in (2, 3) or channels not in (1, 3, 4) or min(frame.shape[:2]) < 1:
+        raise InputError(f"frame shape {frame.shape}: expected (H,W) gray, (H,W,3) BGR or (H,W,4) BGRA")
+    image = frame.astype(np.float32) * np.float32(_DEPTH_SCALE[frame.dtype])
+    if channels == 1:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(image[:, :, 2::-1])  # BGR(A) → RGB, alpha dropped
+
+
+def preprocess(frames: list[np.ndarray], spec: InputSpec) -> np.ndarray:
+    """Frames (each as accepted by ``to_rgb_float``) → (N,3,H,W) float32 normalised batch."""
+    mean = np.asarray(spec.mean, np.float32) * 255.0
+    inv_std = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
+    batch = np.empty((len(frames), 3, spec.height, spec.width), np.float32)
+    for i, frame in enumerate(frames):
+        rgb = to_rgb_float(frame)
+        if rgb.shape[:2] != (spec.height, spec.width):
+            rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.interpolation])
+        if spec.color == "BGR":
+            rgb = rgb[:, :, ::-1]
+        batch[i] = ((rgb - mean) * inv_std).transpose(2, 0, 1)
+    return batch
