@@ -10,6 +10,7 @@ reference backend runs an artifact without any pickled object.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -23,6 +24,16 @@ from ..errors import InputError
 class Detector(ABC):
     name: ClassVar[str]
     output_names: ClassVar[tuple[str, ...]]
+    config_class: ClassVar[type]
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], progress: bool | None = None) -> "Detector":
+        """Build from ``{config field: value}``; unknown keys are an InputError listing the valid ones."""
+        valid = {f.name for f in dataclasses.fields(cls.config_class)}
+        unknown = sorted(set(params) - valid)
+        if unknown:
+            raise InputError(f"{cls.name}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+        return cls(cls.config_class(**params), progress=progress)
 
     @abstractmethod
     def fit(self, train: Sequence[Path]) -> "Detector":

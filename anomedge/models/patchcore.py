@@ -62,6 +62,7 @@ class PatchCoreConfig:
 class PatchCore(Detector):
     name = "patchcore"
     output_names = ("features",)
+    config_class = PatchCoreConfig
 
     def __init__(self, config: PatchCoreConfig | None = None, progress: bool | None = None):
         self.config = config or PatchCoreConfig()

@@ -1,0 +1,144 @@
+"""Latency and parity of runtime backends against the PyTorch reference (torch-free itself).
+
+``score_frames(inspector, frames)`` → (scores (N,), maps (N,H,W)); ``latency(inspector, frames, runs,
+warmup)`` → per-stage and end-to-end p50/p99 (batch 1); ``parity(ref, test, threshold)`` → max
+relative score difference, max normalised map difference, OK/NG agreement.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from .runtime.pipeline import STAGE_NAMES, Inspector
+
+
+def score_frames(inspector: Inspector, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Scores (N,) and anomaly maps (N,H,W), one frame at a time."""
+    results = [inspector.inspect([f]) for f in frames]
+    return np.concatenate([r.scores for r in results]), np.concatenate([r.maps for r in results])
+
+
+@dataclass
+class Latency:
+    stages_p50: dict[str, float]
+    total_p50: float
+    total_p99: float
+    runs: int
+
+    @property
+    def fps(self) -> float:
+        return 1e3 / self.total_p50
+
+
+def latency(inspector: Inspector, frames: Sequence[np.ndarray], runs: int = 100, warmup: int = 10) -> Latency:
+    """Batch-1 latency over ``runs`` frames (cycling through ``frames``) after ``warmup`` frames."""
+    for i in range(warmup):
+        inspector.inspect([frames[i % len(frames)]])
+    per_stage = {name: [] for name in STAGE_NAMES}
+    totals = []
+    for i in range(runs):
+        start = time.perf_counter()
+        result = inspector.inspect([frames[i % len(frames)]])
+        totals.append((time.perf_counter() - start) * 1e3)
+        for name, ms in result.timings_ms.items():
+            per_stage[name].append(ms)
+    return Latency({k: float(np.median(v)) for k, v in per_stage.items()}, float(np.median(totals)),
+                   float(np.percentile(totals, 99)), runs)
+
+
+@dataclass
+class Parity:
+    max_rel_score_diff: float
+    max_map_diff: float  # max |Δmap| / (reference map range), over images
+    decision_agreement: float
+    n: int
+
+
+def parity(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, maps: np.ndarray,
+           threshold: float | None) -> Parity:
+    rel = np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)
+    ranges = np.maximum(np.ptp(ref_maps.reshape(len(ref_maps), -1), axis=1), 1e-12)
+    map_diff = np.abs(maps - ref_maps).reshape(len(maps), -1).max(axis=1) / ranges
+    agree = 1.0 if threshold is None else float(np.mean((scores > threshold) == (ref_scores > threshold)))
+    return Parity(float(rel.max()), float(map_diff.max()), agree, len(scores))
+
+
+@dataclass
+class BackendReport:
+    backend: str
+    precision: str
+    latency: Latency | None
+    parity: Parity | None
+    scores: np.ndarray | None
+    error: str | None = None
+
+    def row(self) -> dict[str, object]:
+        row: dict[str, object] = {"backend": self.backend, "precision": self.precision}
+        if self.error:
+            return {**row, "note": self.error}
+        lat = self.latency
+        row.update({f"{k} ms": v for k, v in lat.stages_p50.items()})
+        row.update({"p50 ms": lat.total_p50, "p99 ms": lat.total_p99, "FPS": lat.fps})
+        if self.parity is not None:
+            row.update({"max rel Δscore": self.parity.max_rel_score_diff, "max Δmap": self.parity.max_map_diff,
+                        "agree": self.parity.decision_agreement})
+        return row
+
+
+def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[str], reference: str = "torch",
+                   runs: int = 100, warmup: int = 10, threads: int | None = 2,
+                   options: dict[str, dict] | None = None) -> list[BackendReport]:
+    """Latency of each backend (batch 1) and parity of its scores/maps on all ``frames`` vs ``reference``.
+
+    The reference comes first in the result; a backend that cannot run here is reported with its reason.
+    """
+    from .errors import AnomedgeError
+
+    reports: list[BackendReport] = []
+    ref_scores = ref_maps = None
+    for name in [reference] + [b for b in backends if b != reference]:
+        try:
+            with Inspector(artifact, name, threads=threads, **(options or {}).get(name, {})) as inspector:
+                scores, maps = score_frames(inspector, frames)
+                lat = latency(inspector, frames, runs, warmup)
+                precision = inspector.backend.precision
+                threshold = inspector.threshold
+        except AnomedgeError as exc:
+            reports.append(BackendReport(name, "-", None, None, None, error=str(exc)))
+            continue
+        par = None
+        if name == reference:
+            ref_scores, ref_maps = scores, maps
+        elif ref_scores is not None:
+            par = parity(ref_scores, ref_maps, scores, maps, threshold)
+        reports.append(BackendReport(name, precision, lat, par, scores))
+    return reports
+
+
+def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[str, float]:
+    """Median ms of one (P,D) × bank k=1 search: the fused kernel vs faiss IndexFlatL2 (if installed)."""
+    from .runtime.scoring import KnnIndex
+
+    def median_ms(fn) -> float:
+        fn()
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+
+    index = KnnIndex(bank)
+    result = {"fused": median_ms(lambda: index.search(queries, 1))}
+    try:
+        import faiss
+    except ImportError:
+        return result
+    flat = faiss.IndexFlatL2(bank.shape[1])
+    flat.add(np.ascontiguousarray(bank, dtype=np.float32))
+    result["faiss_flat"] = median_ms(lambda: flat.search(queries, 1))
+    return result

@@ -1,0 +1,58 @@
+"""ad-bench: latency and parity of every backend against the PyTorch reference."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .common import format_table, one_line_errors
+
+
+def bench_table(reports) -> str:
+    rows = [r.row() for r in reports]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return format_table(rows, columns)
+
+
+def load_frames(data: str, limit: int | None):
+    """Test images of a data set spec, or the images of a folder/glob/list → (paths, frames)."""
+    from ..datasets import load_dataset
+    from ..datasets.folder import list_images
+    from ..errors import InputError
+    from ..runtime.preprocess import read_image
+
+    try:
+        split = load_dataset(data)
+        paths = list(split.test) or list(split.train)
+    except InputError:
+        paths = list_images(data)
+    paths = paths[:limit] if limit else paths
+    return paths, [read_image(p) for p in paths]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("artifact", type=click.Path())
+@click.option("--data", required=True, help="Images to measure on: a data set spec (test split) or a folder.")
+@click.option("--backends", default="onnxruntime", show_default=True, help="Comma list, or 'all'.")
+@click.option("--runs", default=100, show_default=True, help="Timed frames per backend (batch 1), after warm-up.")
+@click.option("--warmup", default=10, show_default=True)
+@click.option("--threads", default=2, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N images for parity.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
+@one_line_errors
+def main(artifact, data, backends, runs, warmup, threads, limit, json_path):
+    """Measure ARTIFACT on each backend: per-stage p50, end-to-end p50/p99, FPS, and parity vs torch."""
+    from ..artifact import Artifact
+    from ..benchmark import bench_backends
+    from ..runtime.registry import BACKEND_MODULES
+
+    loaded = Artifact.load(artifact)
+    names = list(BACKEND_MODULES) if backends == "all" else [b.strip() for b in backends.split(",")]
+    _, frames = load_frames(data, limit)
+    reports = bench_backends(loaded, frames, names, runs=runs, warmup=warmup, threads=threads)
+    click.echo(f"{loaded.root} on {len(frames)} images, batch 1, {threads} threads, {runs} timed runs")
+    click.echo(bench_table(reports))
+    if json_path:
+        with open(json_path, "w") as handle:
+            json.dump([r.row() for r in reports], handle, indent=2)

@@ -1,0 +1,52 @@
+"""ad-export: fit a detector on good images and write the artifact folder."""
+
+from __future__ import annotations
+
+import click
+
+from .common import one_line_errors, parse_params
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("data")
+@click.option("--detector", default="patchcore", show_default=True, help="patchcore (more in `ad-export --list`).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
+@click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
+@click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")
+@click.option("--weights", default=None, help="efficientnet-lite0 | none | hub | PATH (.safetensors/.pth).")
+@click.option("--image-size", type=int, default=None, help="Square input size in pixels.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Detector parameter (repeatable), e.g. coreset_fraction=0.05.")
+@click.option("--holdout", default=0.1, show_default=True, help="Fraction of good images held out to set the default threshold.")
+@click.option("--quantile", default=0.99, show_default=True, help="Default threshold = this quantile of held-out good scores.")
+@click.option("--quiet", is_flag=True, help="Print only the artifact path.")
+@one_line_errors
+def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, quiet):
+    """Fit DETECTOR on the good images of DATA and export an artifact folder.
+
+    DATA is a data set (elpv:mono, elpv:poly, digits:7, synthetic:brick) or a folder (MVTec layout
+    or plain good images).
+    """
+    from ..datasets import load_dataset
+    from ..export.fit import fit_and_export
+    from ..models.backbones import BackboneSpec
+
+    values = parse_params(params)
+    if backbone or stages or weights:
+        spec = BackboneSpec.for_model(backbone or "tf_efficientnet_lite0",
+                                      stages=tuple(int(s) for s in stages.split(",")) if stages else None,
+                                      weights=weights)
+        values["backbone"] = spec.to_dict()
+    if image_size:
+        values["image_size"] = image_size
+    split = load_dataset(data)
+    if not quiet:
+        click.echo(f"fitting {detector} on {len(split.train)} good images of {data}", err=True)
+    report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
+                            progress=None if not quiet else False)
+    if quiet:
+        click.echo(str(report.artifact.root))
+        return
+    size = sum((report.artifact.root / f).stat().st_size for f in report.artifact.metadata.files) / 2**20
+    click.echo(f"wrote {report.artifact.root}: {', '.join(report.artifact.metadata.files)} ({size:.1f} MiB); "
+               f"fit {report.fit_seconds:.1f} s on {report.n_fit} images, export {report.export_seconds:.1f} s; "
+               f"threshold {report.threshold} from {report.n_holdout} held-out good images")
