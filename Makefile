@@ -1,0 +1,27 @@
+# Two entry points (README): `make demo` (install + main job) and `make test` (install + tests).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-all install bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[export,openvino,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ad-demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --timeout 600
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q --timeout 1200
+
+clean:
+	rm -rf runs .pytest_cache
