@@ -2,7 +2,10 @@
 
 ``Normalizer(min, threshold, max)`` is piecewise linear: ``min → 0``, ``threshold → 0.5``,
 ``max → 1``, extended linearly beyond ``min``/``max`` (then optionally clipped to [0, 1]).
-It is monotone non-decreasing, so ``score > threshold`` iff ``normalised > 0.5``.
+It is monotone non-decreasing and exact at the threshold, so ``score > threshold`` implies
+``normalised >= 0.5`` and, away from rounding (a score within ~1e-16 x (max - threshold) of the
+threshold may normalise to exactly 0.5), ``normalised > 0.5``. Decide on the raw score; the
+normalised one is for display and for comparing detectors.
 """
 
 from __future__ import annotations
