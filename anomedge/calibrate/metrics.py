@@ -12,7 +12,7 @@ Conventions
 Every metric is computed from ONE descending sort of the scores followed by cumulative counts at
 the boundaries between distinct scores (an exact sweep over every possible threshold, no grid).
 Ties therefore move the curves diagonally, which is what scikit-learn does. Cost: O(n log n) time,
-a few arrays of n float64/int64 of memory (about 0.5 GB for 1e7 pixels).
+about 60 bytes of memory per pixel at the peak (0.6 GB for 1e7 pixels: 2-3 s on this machine).
 """
 
 from __future__ import annotations
@@ -116,12 +116,17 @@ def _sweep(scores: np.ndarray, *weights: np.ndarray) -> tuple[np.ndarray, np.nda
     order = np.argsort(scores)[::-1]
     s_sorted = scores[order]
     ends = np.r_[np.flatnonzero(s_sorted[1:] != s_sorted[:-1]), s_sorted.size - 1]
+    thresholds = s_sorted[ends]
+    del s_sorted  # keep the peak memory down on 1e7-pixel inputs
     cums = []
     for w in weights:
         w_sorted = w[order]
-        dtype = np.int64 if w_sorted.dtype.kind in "biu" else np.float64
-        cums.append(np.cumsum(w_sorted, dtype=dtype)[ends])
-    return s_sorted[ends], (ends + 1).astype(np.int64), cums
+        if w_sorted.dtype.kind in "biu":
+            cums.append(np.cumsum(w_sorted, dtype=np.int64)[ends])
+        else:
+            w_sorted = w_sorted.astype(np.float64, copy=False)
+            cums.append(np.cumsum(w_sorted, out=w_sorted)[ends])
+    return thresholds, (ends + 1).astype(np.int64), cums
 
 
 def _roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
