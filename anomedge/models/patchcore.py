@@ -69,7 +69,7 @@ class PatchCore(Detector):
         if not 0 < self.config.coreset_fraction <= 1:
             raise InputError(f"coreset fraction {self.config.coreset_fraction}: expected a value in (0, 1]")
         self.progress = progress
-        self.spec = BackboneSpec.from_dict(self.config.backbone)
+        self.spec = BackboneSpec.from_dict(self.config.backbone).with_weights_hash()
         self._graph = self.build_graph(self.model_block())
         self.bank: np.ndarray | None = None
         self.grid: tuple[int, int] | None = None
