@@ -58,8 +58,8 @@ def main(out, cells, params, runs, threads):
         with Inspector(art, "onnxruntime", threads=threads) as inspector:
             feats = inspector.stages.infer(inspector.stages.preprocess(frames[:1]))["features"]
         queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-        races.append({"cells": cell, "bank": len(art.array("bank")), "queries": len(queries),
-                      **{f"{k} ms": v for k, v in kernel_race(art.array("bank"), queries).items()}})
+        races.append({"cells": cell, "bank": len(art.array("bank.npy")), "queries": len(queries),
+                      **{f"{k} ms": v for k, v in kernel_race(art.array("bank.npy"), queries).items()}})
     click.echo("\n== Quality and decisions (runtime = onnxruntime + fused kNN; threshold = q0.99 of held-out good)")
     click.echo(format_table(quality, list(quality[0])))
     click.echo("\n== kNN search, one image (k=1): fused kernel vs faiss IndexFlatL2")

@@ -28,7 +28,7 @@ def _features(outputs: dict[str, np.ndarray]) -> np.ndarray:
 class KnnHead:
     def __init__(self, artifact: Artifact):
         self.k = int(artifact.metadata.scoring.get("k", 1))
-        self.index = KnnIndex(artifact.array("bank"))
+        self.index = KnnIndex(artifact.array("bank.npy"))
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         feats = _features(outputs)
@@ -40,7 +40,7 @@ class KnnHead:
 
 class MahalanobisHead:
     def __init__(self, artifact: Artifact):
-        self.index = MahalanobisIndex(artifact.array("mean"), artifact.array("factor"))
+        self.index = MahalanobisIndex(artifact.array("mean.npy"), artifact.array("factor.npy"))
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         feats = _features(outputs)

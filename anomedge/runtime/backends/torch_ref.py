@@ -145,7 +145,7 @@ def _reduce(patch_scores, reduction: dict[str, Any]):
 def _knn_head(artifact):
     import torch
 
-    bank = torch.from_numpy(artifact.array("bank").astype(np.float32))
+    bank = torch.from_numpy(artifact.array("bank.npy").astype(np.float32))
     k = int(artifact.metadata.scoring.get("k", 1))
 
     def score(outputs):
@@ -161,8 +161,8 @@ def _knn_head(artifact):
 def _mahalanobis_head(artifact):
     import torch
 
-    mean = torch.from_numpy(artifact.array("mean").astype(np.float64))
-    factor = torch.from_numpy(artifact.array("factor").astype(np.float64))
+    mean = torch.from_numpy(artifact.array("mean.npy").astype(np.float64))
+    factor = torch.from_numpy(artifact.array("factor.npy").astype(np.float64))
     precision = factor @ factor.transpose(1, 2)  # Σ⁻¹ per position
 
     def score(outputs):
