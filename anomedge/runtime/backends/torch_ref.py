@@ -152,8 +152,8 @@ def _knn_head(artifact):
         feats = outputs["features"]
         n, d, h, w = feats.shape
         queries = feats.permute(0, 2, 3, 1).reshape(-1, d)
-        dist = torch.cdist(queries.double(), bank.double())  # reference: float64, full matrix
-        return dist.topk(k, dim=1, largest=False).values.mean(dim=1).float().reshape(n, h, w)
+        dist = torch.cdist(queries, bank)  # the usual torch implementation: float32, full (P,M) matrix
+        return dist.topk(k, dim=1, largest=False).values.mean(dim=1).reshape(n, h, w)
 
     return score
 
