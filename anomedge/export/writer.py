@@ -16,7 +16,8 @@ def write_detector(detector: Detector, out: str | Path, thresholds: dict[str, An
     out.mkdir(parents=True, exist_ok=True)
     blocks = detector.metadata_blocks()
     export_onnx(detector.graph(), blocks["input"], out / "model.onnx", detector.output_names)
+    extra = detector.write_files(out)
     metadata = Metadata(detector=detector.name, input=blocks["input"], outputs=blocks["outputs"],
                         scoring=blocks["scoring"], postprocess=blocks["postprocess"], model=blocks["model"],
-                        thresholds=thresholds or {}, files={"model.onnx": ""})
+                        thresholds=thresholds or {}, files={name: "" for name in ["model.onnx", *extra]})
     return write_artifact(out, metadata, detector.arrays())

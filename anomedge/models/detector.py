@@ -51,10 +51,16 @@ class Detector(ABC):
     def metadata_blocks(self) -> dict[str, Any]:
         """{"model": …, "scoring": …, "postprocess": …, "input": InputSpec, "outputs": …}."""
 
+    def write_files(self, out: Path) -> list[str]:
+        """Write extra artifact files (e.g. trained weights as ``weights.safetensors``) into ``out``;
+        return their names so they are hashed. Default: none."""
+        return []
+
     @classmethod
     @abstractmethod
-    def build_graph(cls, model_block: dict[str, Any]):
-        """Rebuild ``graph()`` from the artifact's ``model`` block (and nothing else)."""
+    def build_graph(cls, model_block: dict[str, Any], artifact=None):
+        """Rebuild ``graph()`` from the artifact's ``model`` block — plus, for trained detectors, the
+        weights file the ``artifact`` carries (loaded without pickle)."""
 
 
 # name → "module:Class"; modules import torch, so they are loaded only when asked for.

@@ -79,7 +79,7 @@ class PatchCore(Detector):
         return {"backbone": self.spec.to_dict(), "aggregation": self.config.aggregation}
 
     @classmethod
-    def build_graph(cls, model_block: dict[str, Any]) -> PatchFeatures:
+    def build_graph(cls, model_block: dict[str, Any], artifact=None) -> PatchFeatures:
         extractor = build_backbone(BackboneSpec.from_dict(model_block["backbone"]))
         return PatchFeatures(extractor, model_block["aggregation"]).eval()
 

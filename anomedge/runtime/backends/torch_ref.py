@@ -60,7 +60,7 @@ class TorchReference(Backend):
         if self.threads:
             torch.set_num_threads(self.threads)
         meta = self.artifact.metadata
-        self.module = get_detector(meta.detector).build_graph(meta.model).eval()
+        self.module = get_detector(meta.detector).build_graph(meta.model, self.artifact).eval()
         self.output_names = list(meta.outputs["names"])
 
     def _forward(self, batch):
