@@ -72,6 +72,7 @@ class FeatureExtractor(torch.nn.Module):
             raise InputError(f"stages {stages}: expected indices into {len(model.blocks)} blocks")
         self.conv_stem, self.bn1 = model.conv_stem, model.bn1
         self.blocks = torch.nn.Sequential(*list(model.blocks)[: max(self.stages) + 1])
+        self.eval()  # the probe below must not update BatchNorm running statistics
         with torch.no_grad():
             probe = self.forward(torch.zeros(1, 3, 64, 64))
         self.channels = [int(p.shape[1]) for p in probe]
@@ -108,6 +109,7 @@ def build_backbone(spec: BackboneSpec) -> torch.nn.Module:
         model = timm.create_model(spec.name, pretrained=spec.weights == "hub")
     except RuntimeError as exc:
         raise InputError(f"timm model '{spec.name}': {exc}") from exc
+    model.eval()
     if spec.weights not in ("none", "hub"):
         load_weights(model, spec.weights)
     if hasattr(model, "blocks") and hasattr(model, "conv_stem"):
