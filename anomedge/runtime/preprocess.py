@@ -16,6 +16,9 @@ import numpy as np
 from ..artifact import InputSpec
 from ..errors import InputError
 
+# Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 _DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}
 
