@@ -142,3 +142,15 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[s
     flat.add(np.ascontiguousarray(bank, dtype=np.float32))
     result["faiss_flat"] = median_ms(lambda: flat.search(queries, 1))
     return result
+
+
+def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[str, float] | None:
+    """For kNN artifacts: the fused kernel vs faiss on this artifact's bank with one frame's patches."""
+    if artifact.metadata.scoring.get("kind") != "knn":
+        return None
+    with Inspector(artifact, "onnxruntime") as inspector:
+        feats = inspector.stages.infer(inspector.stages.preprocess([frame]))["features"]
+    queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
+    bank = artifact.array("bank.npy")
+    return {"bank rows": len(bank), "queries": len(queries),
+            **{f"{k} ms": v for k, v in kernel_race(bank, queries, runs).items()}}

@@ -44,7 +44,7 @@ def load_frames(data: str, limit: int | None):
 def main(artifact, data, backends, runs, warmup, threads, limit, json_path):
     """Measure ARTIFACT on each backend: per-stage p50, end-to-end p50/p99, FPS, and parity vs torch."""
     from ..artifact import Artifact
-    from ..benchmark import bench_backends
+    from ..benchmark import artifact_kernel_race, bench_backends
     from ..runtime.registry import BACKEND_MODULES
 
     loaded = Artifact.load(artifact)
@@ -53,6 +53,10 @@ def main(artifact, data, backends, runs, warmup, threads, limit, json_path):
     reports = bench_backends(loaded, frames, names, runs=runs, warmup=warmup, threads=threads)
     click.echo(f"{loaded.root} on {len(frames)} images, batch 1, {threads} threads, {runs} timed runs")
     click.echo(bench_table(reports))
+    race = artifact_kernel_race(loaded, frames[0])
+    if race:
+        click.echo("\nkNN search, one frame, k=1 (median of 20): fused kernel vs faiss IndexFlatL2")
+        click.echo(format_table([race], list(race)))
     if json_path:
         with open(json_path, "w") as handle:
             json.dump([r.row() for r in reports], handle, indent=2)

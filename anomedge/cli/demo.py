@@ -23,11 +23,10 @@ from .common import format_table, one_line_errors, parse_params
 def main(out, cells, params, runs, threads):
     from pathlib import Path
 
-    from ..benchmark import bench_backends, kernel_race
+    from ..benchmark import artifact_kernel_race, bench_backends
     from ..calibrate.metrics import auroc
     from ..datasets.elpv import load_elpv
     from ..export.fit import fit_and_export
-    from ..runtime.pipeline import Inspector
     from ..runtime.preprocess import read_image
     from .bench import bench_table
 
@@ -55,11 +54,7 @@ def main(out, cells, params, runs, threads):
                         "speed-up": ref.latency.total_p50 / ort.latency.total_p50 if ref.latency else float("nan"),
                         "max rel Δscore": ort.parity.max_rel_score_diff if ort.parity else float("nan"),
                         "agree": ort.parity.decision_agreement if ort.parity else float("nan")})
-        with Inspector(art, "onnxruntime", threads=threads) as inspector:
-            feats = inspector.stages.infer(inspector.stages.preprocess(frames[:1]))["features"]
-        queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-        races.append({"cells": cell, "bank": len(art.array("bank.npy")), "queries": len(queries),
-                      **{f"{k} ms": v for k, v in kernel_race(art.array("bank.npy"), queries).items()}})
+        races.append({"cells": cell, **artifact_kernel_race(art, frames[0])})
     click.echo("\n== Quality and decisions (runtime = onnxruntime + fused kNN; threshold = q0.99 of held-out good)")
     click.echo(format_table(quality, list(quality[0])))
     click.echo("\n== kNN search, one image (k=1): fused kernel vs faiss IndexFlatL2")
