@@ -120,7 +120,7 @@ def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[st
 
 
 def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[str, float]:
-    """Median ms of one (P,D) × bank k=1 search: the fused kernel vs faiss IndexFlatL2 (if installed)."""
+    """Median ms of one (P,D) × bank k=1 search: both fused kernels vs faiss IndexFlatL2 (if installed)."""
     from .runtime.scoring import KnnIndex
 
     def median_ms(fn) -> float:
@@ -132,8 +132,11 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[s
             times.append((time.perf_counter() - start) * 1e3)
         return float(np.median(times))
 
-    index = KnnIndex(bank)
-    result = {"fused": median_ms(lambda: index.search(queries, 1))}
+    from .runtime.knn_onnx import OnnxKnnIndex
+
+    index, graph = KnnIndex(bank), OnnxKnnIndex(bank, 1)
+    result = {"fused numpy": median_ms(lambda: index.search(queries, 1)),
+              "fused onnxruntime": median_ms(lambda: graph.search(queries, 1))}
     try:
         import faiss
     except ImportError:
@@ -154,3 +157,23 @@ def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[st
     bank = artifact.array("bank.npy")
     return {"bank rows": len(bank), "queries": len(queries),
             **{f"{k} ms": v for k, v in kernel_race(bank, queries, runs).items()}}
+
+
+def fastest_knn_kernel(bank: np.ndarray, queries: int, k: int = 1, runs: int = 10) -> tuple[str, dict[str, float]]:
+    """Race the host kNN kernels on random queries shaped like one frame's patches → (winner, ms by kernel)."""
+    from .runtime.heads import KNN_KERNELS
+
+    rng = np.random.default_rng(0)
+    sample = bank[rng.integers(0, len(bank), queries)].astype(np.float32)
+    q = sample + rng.normal(scale=float(sample.std()) * 0.1, size=sample.shape).astype(np.float32)
+    times = {}
+    for name, make in KNN_KERNELS.items():
+        index = make(bank, k)
+        index.search(q, k)
+        samples = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            index.search(q, k)
+            samples.append((time.perf_counter() - start) * 1e3)
+        times[name] = float(np.median(samples))
+    return min(times, key=times.get), times

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..artifact import InputSpec
+from ..benchmark import fastest_knn_kernel
 from ..errors import InputError
 from .backbones import BackboneSpec, build_backbone
 from .coreset import greedy_coreset
@@ -104,6 +105,7 @@ class PatchCore(Detector):
             index = greedy_coreset(patches, n=count, projection_dim=self.config.projection_dim, seed=self.config.seed)
         self.bank = np.ascontiguousarray(patches[index]).astype(self.config.bank_dtype)
         self.n_train_patches = len(patches)
+        self.kernel, self.kernel_ms = fastest_knn_kernel(self.bank, h * w, self.config.k)
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -120,6 +122,7 @@ class PatchCore(Detector):
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", int(self.bank.shape[1]), h, w],
                         "stride": cfg.image_size // h}},
             "scoring": {"kind": "knn", "k": cfg.k, "metric": "l2", "placement": "host", "bank_rows": int(len(self.bank)),
-                        "bank_dtype": cfg.bank_dtype},
+                        "bank_dtype": cfg.bank_dtype, "kernel": self.kernel,
+                        "kernel_race_ms": {k: round(v, 3) for k, v in self.kernel_ms.items()}},
             "postprocess": {"blur_sigma": cfg.blur_sigma, "reduction": cfg.reduction},
         }

@@ -25,10 +25,28 @@ def _features(outputs: dict[str, np.ndarray]) -> np.ndarray:
     return outputs["features"]
 
 
+def _onnx_knn(bank: np.ndarray, k: int):
+    from .knn_onnx import OnnxKnnIndex
+
+    return OnnxKnnIndex(bank, k)
+
+
+# Two implementations of the same exact search, raced per artifact at export (scoring.kernel):
+# numpy blocks over OpenBLAS, or a chunked MatMul+TopK graph on onnxruntime's own GEMM (MLAS).
+KNN_KERNELS: dict[str, Callable[[np.ndarray, int], object]] = {
+    "numpy": lambda bank, k: KnnIndex(bank),
+    "onnxruntime": _onnx_knn,
+}
+
+
 class KnnHead:
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, kernel: str | None = None):
         self.k = int(artifact.metadata.scoring.get("k", 1))
-        self.index = KnnIndex(artifact.array("bank.npy"))
+        kernel = kernel or artifact.metadata.scoring.get("kernel", "numpy")
+        if kernel not in KNN_KERNELS:
+            raise ArtifactError(f"kNN kernel '{kernel}': expected one of {', '.join(KNN_KERNELS)}")
+        self.kernel = kernel
+        self.index = KNN_KERNELS[kernel](artifact.array("bank.npy"), self.k)
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
         feats = _features(outputs)
@@ -39,7 +57,7 @@ class KnnHead:
 
 
 class MahalanobisHead:
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, kernel: str | None = None):
         self.index = MahalanobisIndex(artifact.array("mean.npy"), artifact.array("factor.npy"))
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -50,7 +68,7 @@ class MahalanobisHead:
 
 
 class ReconstructionHead:
-    def __init__(self, artifact: Artifact):
+    def __init__(self, artifact: Artifact, kernel: str | None = None):
         pass
 
     def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
@@ -67,8 +85,9 @@ HEADS: dict[str, Callable[[Artifact], Callable[[dict[str, np.ndarray]], np.ndarr
 }
 
 
-def make_head(artifact: Artifact) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+def make_head(artifact: Artifact, kernel: str | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The host head for the artifact's scoring kind; ``kernel`` overrides the recorded kNN kernel."""
     kind = artifact.metadata.scoring.get("kind")
     if kind not in HEADS:
         raise ArtifactError(f"{artifact.root}: scoring kind '{kind}' unknown; known: {', '.join(HEADS)}")
-    return HEADS[kind](artifact)
+    return HEADS[kind](artifact, kernel)

@@ -84,7 +84,7 @@ class Backend(ABC):
         from ..preprocess import preprocess
 
         meta = self.artifact.metadata
-        head = make_head(self.artifact)
+        head = make_head(self.artifact, self.options.get("knn_kernel"))
         post = meta.postprocess
         size = (meta.input.height, meta.input.width)
 
