@@ -14,10 +14,12 @@ from .common import one_line_errors
 @click.option("--device", default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata.")
+@click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
+              help="Override the host kNN kernel recorded in the artifact (raced at export).")
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here.")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
-def main(artifact, source, backend, device, threads, threshold, jsonl, quiet):
+def main(artifact, source, backend, device, threads, threshold, knn_kernel, jsonl, quiet):
     """Inspect every frame of SOURCE with ARTIFACT; print OK/NG per frame and a summary."""
     import json
 
@@ -35,7 +37,7 @@ def main(artifact, source, backend, device, threads, threshold, jsonl, quiet):
         sinks.append(sink.write)
     if not quiet:
         sinks.append(lambda record: click.echo(json.dumps(record)))
-    with Inspector(loaded, backend, device, threshold=threshold, threads=threads) as inspector:
+    with Inspector(loaded, backend, device, threshold=threshold, threads=threads, knn_kernel=knn_kernel) as inspector:
         if inspector.threshold is None:
             raise click.UsageError("the artifact has no image threshold: run ad-calibrate or pass --threshold")
         try:
