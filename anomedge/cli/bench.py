@@ -40,8 +40,9 @@ def load_frames(data: str, limit: int | None):
 @click.option("--threads", default=2, show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N images for parity.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
+@click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
-def main(artifact, data, backends, runs, warmup, threads, limit, json_path):
+def main(artifact, data, backends, runs, warmup, threads, limit, json_path, registry):
     """Measure ARTIFACT on each backend: per-stage p50, end-to-end p50/p99, FPS, and parity vs torch."""
     from ..artifact import Artifact
     from ..benchmark import artifact_kernel_race, bench_backends
@@ -60,3 +61,7 @@ def main(artifact, data, backends, runs, warmup, threads, limit, json_path):
     if json_path:
         with open(json_path, "w") as handle:
             json.dump([r.row() for r in reports], handle, indent=2)
+    from .runs import record_run
+
+    record_run(registry, "bench", artifact, params={"data": data, "backends": names, "runs": runs, "threads": threads},
+               latency={r.backend: r.row() for r in reports}, metrics=race or {})

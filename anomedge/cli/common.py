@@ -10,6 +10,7 @@ from typing import Any, Callable
 import click
 
 from ..errors import AnomedgeError
+from ..registry_db import format_table  # noqa: F401  (one table formatter for every CLI)
 
 
 def one_line_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -41,17 +42,3 @@ def parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
         except ValueError:
             params[key.strip().replace("-", "_")] = value
     return params
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    """Plain aligned text table."""
-    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)

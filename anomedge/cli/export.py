@@ -19,8 +19,9 @@ from .common import one_line_errors, parse_params
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of good images held out to set the default threshold.")
 @click.option("--quantile", default=0.99, show_default=True, help="Default threshold = this quantile of held-out good scores.")
 @click.option("--quiet", is_flag=True, help="Print only the artifact path.")
+@click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
-def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, quiet):
+def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, quiet, registry):
     """Fit DETECTOR on the good images of DATA and export an artifact folder.
 
     DATA is a data set (elpv:mono, elpv:poly, digits:7, synthetic:brick) or a folder (MVTec layout
@@ -43,6 +44,14 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         click.echo(f"fitting {detector} on {len(split.train)} good images of {data}", err=True)
     report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
                             progress=None if not quiet else False)
+    from .runs import record_run
+
+    meta = report.artifact.metadata
+    record_run(registry, "export", str(report.artifact.root),
+               params={"data": data, "detector": detector, "model": meta.model, "scoring": meta.scoring,
+                       "postprocess": meta.postprocess},
+               metrics={"threshold": report.threshold, "fit_seconds": report.fit_seconds,
+                        "export_seconds": report.export_seconds})
     if quiet:
         click.echo(str(report.artifact.root))
         return

@@ -1,0 +1,127 @@
+"""Calibrate an artifact: score good (and labelled validation) images through the runtime, compute
+thresholds and the normaliser, and rewrite ONLY the ``thresholds`` block of ``metadata.json``.
+
+The write is atomic (temp file, fsync, rename) and happens after everything is computed: a failure
+at any point leaves metadata.json byte-identical. The previous thresholds are kept in ``history``.
+Hashed files are never touched, so no re-export is needed.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..artifact import METADATA, Artifact, write_metadata
+from ..errors import InputError
+from ..runtime.pipeline import Inspector
+from ..runtime.preprocess import read_image
+from .metrics import f1_max
+from .normalize import fit_normalizer
+from .thresholds import MIN_GOOD, compute_threshold
+
+HISTORY_LIMIT = 20
+
+
+@dataclass
+class Scored:
+    """Scores (N,) and maps (N,H,W) of readable images; ``skipped`` lists (path, reason) of the others."""
+
+    paths: list[Path]
+    scores: np.ndarray
+    maps: np.ndarray
+    skipped: list[tuple[str, str]]
+
+
+def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
+    """Score every readable image; unreadable ones are skipped with a warning naming the file."""
+    kept, scores, maps, skipped = [], [], [], []
+    for path in paths:
+        try:
+            result = inspector.inspect([read_image(path)])
+        except InputError as exc:
+            skipped.append((str(path), str(exc)))
+            warnings.warn(f"skipped {exc}")
+            continue
+        kept.append(Path(path))
+        scores.append(result.scores[0])
+        maps.append(result.maps[0])
+    if not kept:
+        raise InputError(f"none of the {len(paths)} images could be read: {skipped[0][1] if skipped else 'no images'}")
+    return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped)
+
+
+def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int]) -> np.ndarray:
+    """Ground-truth masks (N,H,W) bool, resized (nearest) to the map size; None → all good."""
+    import cv2
+
+    masks = np.zeros((len(mask_paths), *shape), bool)
+    for i, path in enumerate(mask_paths):
+        if path is None:
+            continue
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise InputError(f"{path}: not a readable mask image")
+        masks[i] = cv2.resize(mask, shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
+    return masks
+
+
+def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "quantile",
+              val: tuple[Sequence[Path], np.ndarray, Sequence[Path | None] | None] | None = None,
+              backend: str = "onnxruntime", **params: Any) -> dict[str, Any]:
+    """Compute and store new thresholds; returns the new thresholds block.
+
+    ``good``: paths of good images; ``val``: (paths, labels (N,) 0/1, mask paths or None) of a labelled
+    validation set (needed for ``f1``). ``params``: the method's (``q`` for quantile, ``target`` for frr).
+    """
+    root = Path(artifact_dir)
+    artifact = Artifact.load(root)
+    before = (root / METADATA).read_bytes()
+    if len(good) and len(good) < MIN_GOOD:
+        warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
+    with Inspector(artifact, backend) as inspector:
+        good_scored = score_paths(inspector, good) if len(good) else None
+        val_scored = score_paths(inspector, val[0]) if val else None
+    val_pair = None
+    if val is not None:
+        labels = np.asarray(val[1], np.int8)
+        if len(labels) != len(val[0]):
+            raise InputError(f"validation labels: {len(labels)} labels for {len(val[0])} images")
+        keep = [i for i, p in enumerate(val[0]) if Path(p) in set(val_scored.paths)]
+        val_pair = (labels[keep], val_scored.scores)
+    good_scores = good_scored.scores if good_scored else val_pair[1][val_pair[0] == 0]
+    result = compute_threshold(method, good_scores, val_pair, **params)
+    all_scores = np.concatenate([good_scores] + ([val_pair[1]] if val_pair else []))
+    block: dict[str, Any] = {
+        "image": float(result.value), "method": result.method, "params": result.params,
+        "n_good": int(result.n_good), "n_defect": int(result.n_defect), "note": result.note,
+        "normalization": fit_normalizer(good_scores, result.value, all_scores).to_dict(),
+        "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
+        "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if (root / METADATA).read_bytes() != before:
+        raise InputError(f"{root / METADATA} changed while calibrating; run ad-calibrate again")
+    meta = json.loads(before)
+    old = dict(meta.get("thresholds") or {})
+    history = old.pop("history", [])
+    block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
+    meta["thresholds"] = block
+    write_metadata(root, meta)
+    return block
+
+
+def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q: float) -> float | None:
+    """Pixel threshold: F1-max over validation pixels when masks exist, else quantile ``q`` of good pixels."""
+    masks_paths = val_spec[2] if val_spec else None
+    if val is not None and masks_paths is not None:
+        masks = read_masks([masks_paths[i] for i in keep], val.maps.shape[1:])
+        if masks.any():
+            return float(f1_max(masks.ravel().astype(np.int8), val.maps.ravel())[1])
+    if good is None:
+        return None
+    return float(np.quantile(good.maps, q))
