@@ -150,6 +150,17 @@ class Artifact:
                 raise ArtifactError(f"{self.path(name)}: not a plain .npy array ({exc})") from exc
         return self._arrays[name]
 
+    def variant(self, precision: str) -> str:
+        """The ONNX file of a precision variant: 'fp32' → model.onnx, else ``model.variants[precision]``."""
+        if precision == "fp32":
+            return "model.onnx"
+        variants = self.metadata.model.get("variants", {})
+        if precision not in variants:
+            have = ", ".join(["fp32", *variants])
+            raise ArtifactError(f"{self.root}: no {precision} variant (has: {have}); create it with: "
+                                f"ad-quantize {self.root} --precision {precision} --calib GOOD_IMAGES")
+        return variants[precision]
+
     @property
     def sha256(self) -> str:
         """A digest of the hashed files: identifies the exported model (thresholds excluded)."""

@@ -94,24 +94,27 @@ def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[st
                    options: dict[str, dict] | None = None) -> list[BackendReport]:
     """Latency of each backend (batch 1) and parity of its scores/maps on all ``frames`` vs ``reference``.
 
+    A backend entry may name a precision variant: ``onnxruntime:fp16``, ``onnxruntime:int8``.
     The reference comes first in the result; a backend that cannot run here is reported with its reason.
     """
     from .errors import AnomedgeError
 
     reports: list[BackendReport] = []
     ref_scores = ref_maps = None
-    for name in [reference] + [b for b in backends if b != reference]:
+    for entry in [reference] + [b for b in backends if b != reference]:
+        name, _, precision = entry.partition(":")
+        extra = {"precision": precision} if precision else {}
         try:
-            with Inspector(artifact, name, threads=threads, **(options or {}).get(name, {})) as inspector:
+            with Inspector(artifact, name, threads=threads, **extra, **(options or {}).get(entry, {})) as inspector:
                 scores, maps = score_frames(inspector, frames)
                 lat = latency(inspector, frames, runs, warmup)
                 precision = inspector.backend.precision
                 threshold = inspector.threshold
         except AnomedgeError as exc:
-            reports.append(BackendReport(name, "-", None, None, None, error=str(exc)))
+            reports.append(BackendReport(name, precision or "-", None, None, None, error=str(exc)))
             continue
         par = None
-        if name == reference:
+        if entry == reference:
             ref_scores, ref_maps = scores, maps
         elif ref_scores is not None:
             par = parity(ref_scores, ref_maps, scores, maps, threshold)

@@ -12,6 +12,8 @@ from .common import one_line_errors
 @click.option("--source", required=True, help="Folder, glob or .txt list of images.")
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Model variant (fp16 / int8 are made by ad-quantize).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata.")
 @click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
@@ -19,7 +21,7 @@ from .common import one_line_errors
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here.")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
-def main(artifact, source, backend, device, threads, threshold, knn_kernel, jsonl, quiet):
+def main(artifact, source, backend, device, precision, threads, threshold, knn_kernel, jsonl, quiet):
     """Inspect every frame of SOURCE with ARTIFACT; print OK/NG per frame and a summary."""
     import json
 
@@ -37,7 +39,8 @@ def main(artifact, source, backend, device, threads, threshold, knn_kernel, json
         sinks.append(sink.write)
     if not quiet:
         sinks.append(lambda record: click.echo(json.dumps(record)))
-    with Inspector(loaded, backend, device, threshold=threshold, threads=threads, knn_kernel=knn_kernel) as inspector:
+    with Inspector(loaded, backend, device, threshold=threshold, threads=threads, knn_kernel=knn_kernel,
+                   **({} if precision == "fp32" else {"precision": precision})) as inspector:
         if inspector.threshold is None:
             raise click.UsageError("the artifact has no image threshold: run ad-calibrate or pass --threshold")
         try:

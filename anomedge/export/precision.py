@@ -1,0 +1,115 @@
+"""Reduced-precision variants of ``model.onnx``, stored beside it and hashed like every artifact file.
+
+- ``fp16``: float16 weights and compute, float32 inputs/outputs (Cast at the boundaries), via
+  onnxruntime's float16 converter; ops numerically sensitive in half precision can stay float32
+  (``keep_float``).
+- ``int8``: static quantisation into Q/DQ form (onnxruntime.quantization.quantize_static) from
+  calibration images, per-channel weights, MinMax / Entropy / Percentile calibration; nodes named
+  in ``exclude`` stay float (mixed precision). Q/DQ is also what TensorRT 10/11 consumes for INT8.
+
+``add_variant(artifact_dir, precision, …)`` writes ``model.<precision>.onnx``, adds its sha256 to
+``files`` and ``{precision: file}`` to ``model.variants`` in metadata.json (atomic rewrite).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..errors import InputError
+from ..runtime.preprocess import preprocess, read_image
+
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+MIN_CALIBRATION_IMAGES = 32
+
+
+def to_fp16(src: Path, dst: Path, keep_float: Sequence[str] = ()) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(src))
+    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_float) or None)
+    onnx.save(half, str(dst))
+
+
+def to_int8(src: Path, dst: Path, artifact: Artifact, calibration: Sequence[Path], method: str = "minmax",
+            exclude: Sequence[str] = (), per_channel: bool = True) -> None:
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    if method not in CALIBRATION_METHODS:
+        raise InputError(f"calibration method '{method}': expected one of {', '.join(CALIBRATION_METHODS)}")
+    spec = artifact.metadata.input
+    frames = []
+    for path in calibration:
+        try:
+            frames.append(read_image(path))
+        except InputError as exc:
+            import warnings
+
+            warnings.warn(f"calibration image skipped: {exc}")
+    if not frames:
+        raise InputError("no readable calibration images for INT8: pass --calib with good images")
+    if len(frames) < MIN_CALIBRATION_IMAGES:
+        import warnings
+
+        warnings.warn(f"INT8 calibration on {len(frames)} images; {MIN_CALIBRATION_IMAGES}+ recommended")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(frames)
+
+        def get_next(self):
+            frame = next(self.items, None)
+            return None if frame is None else {spec.name: preprocess([frame], spec)}
+
+    prepared = dst.with_suffix(".prep.onnx")
+    try:
+        quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                                          "percentile": CalibrationMethod.Percentile}[method],
+                        nodes_to_exclude=list(exclude))
+    finally:
+        prepared.unlink(missing_ok=True)
+        for extra in dst.parent.glob("*.onnx.data"):
+            extra.unlink()
+
+
+VARIANTS: dict[str, Callable[..., None]] = {"fp16": to_fp16, "int8": to_int8}
+
+
+def add_variant(artifact_dir: str | Path, precision: str, calibration: Sequence[Path] = (), method: str = "minmax",
+                exclude: Sequence[str] = ()) -> Path:
+    """Write ``model.<precision>.onnx`` and register it (hash + ``model.variants``) in metadata."""
+    if precision not in VARIANTS:
+        raise InputError(f"precision '{precision}': expected one of {', '.join(VARIANTS)}")
+    root = Path(artifact_dir)
+    artifact = Artifact.load(root)
+    src, dst = artifact.path("model.onnx"), root / f"model.{precision}.onnx"
+    if precision == "int8":
+        to_int8(src, dst, artifact, calibration, method, exclude)
+    else:
+        to_fp16(src, dst, exclude)
+    meta = json.loads((root / METADATA).read_text())
+    meta["files"][dst.name] = sha256_file(dst)
+    meta["model"].setdefault("variants", {})[precision] = dst.name
+    meta["model"].setdefault("variant_params", {})[precision] = {"method": method, "exclude": list(exclude),
+                                                                 "calibration_images": len(calibration)}
+    write_metadata(root, meta)
+    return dst
+
+
+def quantizable_nodes(model_path: Path) -> list[str]:
+    """Names of Conv/MatMul/Gemm nodes (the candidates to keep in float for mixed INT8)."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(model_path)).graph.node if n.op_type in ("Conv", "MatMul", "Gemm")]
+
+
