@@ -6,6 +6,7 @@ One table ``HEADS`` maps the artifact's ``scoring.kind`` to a head class built f
 - ``mahalanobis``: output ``features`` (N,C,h,w), ``mean.npy`` (h·w,C), ``factor.npy`` (h·w,C,C) with
   L Lᵀ = Σ⁻¹ → sqrt of the squared Mahalanobis distance per position.
 - ``reconstruction``: output ``error`` (N,1,h,w) or (N,h,w) is already the per-pixel score.
+- ``graph``: the scoring ran in the graph (placement graph); its ``patch_scores`` (N,h,w) pass through.
 """
 
 from __future__ import annotations
@@ -78,10 +79,24 @@ class ReconstructionHead:
         return error[:, 0] if error.ndim == 4 else error
 
 
+class GraphHead:
+    """Placement ``graph``: the scoring ran inside the graph (export.scoring_head); pass ``patch_scores`` (N,h,w) through."""
+
+    def __init__(self, artifact: Artifact, kernel: str | None = None):
+        pass
+
+    def __call__(self, outputs: dict[str, np.ndarray]) -> np.ndarray:
+        if "patch_scores" not in outputs:
+            raise ArtifactError(f"graph outputs {sorted(outputs)}: expected 'patch_scores'; run model.graph.onnx "
+                                "(placement graph) or use placement host")
+        return outputs["patch_scores"]
+
+
 HEADS: dict[str, Callable[[Artifact], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
     "knn": KnnHead,
     "mahalanobis": MahalanobisHead,
     "reconstruction": ReconstructionHead,
+    "graph": GraphHead,
 }
 
 
