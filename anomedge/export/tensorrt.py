@@ -1,0 +1,147 @@
+"""``model.onnx`` → a plain TensorRT plan ``model.engine`` (TensorRT 10 / 11 Python API), recorded in metadata.
+
+Precision comes from the ONNX itself: the network is always *strongly typed* (TensorRT 11 removed
+the FP16/INT8 builder flags and implicit calibrators; TensorRT 10 supports the same path), so fp32
+builds ``model.onnx``, fp16 the ``model.fp16.onnx`` variant and int8 the Q/DQ ``model.int8.onnx``
+variant (create them with ``ad-quantize``). One optimisation profile covers the dynamic batch
+(min/opt/max); a timing cache speeds up rebuilds; the workspace pool is capped.
+
+``model.engine`` in metadata (``model.engine`` block): file, onnx file + sha256, TensorRT version,
+GPU name + compute capability, precision, batch profile, and the equivalent ``trtexec`` command
+(to build on a Jetson without Python). ``check_engine`` refuses a plan built from another ONNX, with
+another TensorRT, or for another GPU, and says how to rebuild. Run as
+``python -m anomedge.export.tensorrt ARTIFACT [--precision fp16]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..errors import ArtifactError, BackendUnavailable, InputError
+from ..runtime.backends.tensorrt import ENGINE_FILE, check_engine, current_gpu, rebuild_command  # noqa: F401
+
+TIMING_CACHE = "timing.cache"
+PRECISIONS = ("fp32", "fp16", "int8")
+INSTALL = "pip install 'anomedge[tensorrt]'  (TensorRT wheels: pip install tensorrt --extra-index-url https://pypi.nvidia.com)"
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """The dynamic-batch optimisation profile and builder limits."""
+
+    min_batch: int = 1
+    opt_batch: int = 1
+    max_batch: int = 8
+    workspace_mib: int = 1024
+
+    def __post_init__(self):
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise InputError(f"batch profile {self.min_batch}/{self.opt_batch}/{self.max_batch}: expected 1 ≤ min ≤ opt ≤ max")
+
+
+def onnx_file(artifact: Artifact, precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise InputError(f"TensorRT precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+    return artifact.variant(precision) if hasattr(artifact, "variant") else "model.onnx"
+
+
+def trtexec_command(onnx_path: str, engine_path: str, input_name: str, height: int, width: int,
+                    profile: EngineProfile, timing_cache: str | None = None) -> str:
+    """The trtexec line that builds the same plan (strongly typed: precision from the ONNX)."""
+    shape = lambda n: f"{input_name}:{n}x3x{height}x{width}"  # noqa: E731
+    parts = ["trtexec", f"--onnx={onnx_path}", f"--saveEngine={engine_path}", "--stronglyTyped",
+             f"--minShapes={shape(profile.min_batch)}", f"--optShapes={shape(profile.opt_batch)}",
+             f"--maxShapes={shape(profile.max_batch)}", f"--memPoolSize=workspace:{profile.workspace_mib}M"]
+    if timing_cache:
+        parts.append(f"--timingCacheFile={timing_cache}")
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def import_tensorrt():
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable(f"TensorRT is not installed: {INSTALL}") from exc
+    return trt
+
+
+def build_engine(artifact_dir: str | Path, precision: str = "fp32", profile: EngineProfile = EngineProfile(),
+                 timing_cache: str | Path | None = None, device: int = 0) -> Path:
+    """Build ``model.engine`` into the artifact and record it in metadata; returns the plan's path."""
+    trt = import_tensorrt()
+    root = Path(artifact_dir)
+    artifact = Artifact.load(root)
+    source = onnx_file(artifact, precision)
+    spec = artifact.metadata.input
+    if not spec.dynamic_batch and profile.max_batch != 1:
+        profile = EngineProfile(1, 1, 1, profile.workspace_mib)
+    cache_path = Path(timing_cache) if timing_cache else root.parent / TIMING_CACHE
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(artifact.path(source))):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ArtifactError(f"TensorRT could not parse {source}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, profile.workspace_mib << 20)
+    opt = builder.create_optimization_profile()
+    dims = lambda n: (n, 3, spec.height, spec.width)  # noqa: E731
+    opt.set_shape(spec.name, dims(profile.min_batch), dims(profile.opt_batch), dims(profile.max_batch))
+    config.add_optimization_profile(opt)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise ArtifactError(f"TensorRT failed to build an engine from {source} (see the TensorRT log above)")
+    (root / ENGINE_FILE).write_bytes(bytes(plan))
+    cache_path.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    gpu = current_gpu(device)
+    record = {"file": ENGINE_FILE, "onnx": source, "onnx_sha256": artifact.metadata.files[source],
+              "tensorrt": trt.__version__, "gpu": gpu["name"], "compute_capability": gpu["compute_capability"],
+              "precision": precision, "strongly_typed": True,
+              "batch": [profile.min_batch, profile.opt_batch, profile.max_batch], "workspace_mib": profile.workspace_mib,
+              "trtexec": trtexec_command(source, ENGINE_FILE, spec.name, spec.height, spec.width, profile, TIMING_CACHE)}
+    meta = json.loads((root / METADATA).read_text())
+    meta["files"][ENGINE_FILE] = sha256_file(root / ENGINE_FILE)
+    meta["model"]["engine"] = record
+    write_metadata(root, meta)
+    return root / ENGINE_FILE
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m anomedge.export.tensorrt", description=__doc__.splitlines()[0])
+    parser.add_argument("artifact")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    parser.add_argument("--batch", default="1,1,8", help="min,opt,max batch of the profile")
+    parser.add_argument("--workspace-mib", type=int, default=1024)
+    parser.add_argument("--timing-cache", default=None)
+    parser.add_argument("--print-trtexec", action="store_true", help="only print the equivalent trtexec command")
+    args = parser.parse_args(argv)
+    try:
+        lo, opt, hi = (int(v) for v in args.batch.split(","))
+        profile = EngineProfile(lo, opt, hi, args.workspace_mib)
+        if args.print_trtexec:
+            artifact = Artifact.load(args.artifact)
+            spec = artifact.metadata.input
+            print(trtexec_command(str(artifact.path(onnx_file(artifact, args.precision))),
+                                  str(Path(args.artifact) / ENGINE_FILE), spec.name, spec.height, spec.width, profile,
+                                  args.timing_cache))
+            return 0
+        print(build_engine(args.artifact, args.precision, profile, args.timing_cache))
+    except (ValueError, InputError, ArtifactError, BackendUnavailable) as exc:
+        print(f"error: {exc}")
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
