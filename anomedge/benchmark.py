@@ -9,11 +9,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .runtime.pipeline import STAGE_NAMES, Inspector
+
+
+def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, float]:
+    """(median, min) milliseconds of ``fn()`` over ``runs`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return float(np.median(times)), float(np.min(times))
 
 
 def score_frames(inspector: Inspector, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -126,27 +138,18 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[s
     """Median ms of one (P,D) × bank k=1 search: both fused kernels vs faiss IndexFlatL2 (if installed)."""
     from .runtime.scoring import KnnIndex
 
-    def median_ms(fn) -> float:
-        fn()
-        times = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - start) * 1e3)
-        return float(np.median(times))
-
     from .runtime.knn_onnx import OnnxKnnIndex
 
     index, graph = KnnIndex(bank), OnnxKnnIndex(bank, 1)
-    result = {"fused numpy": median_ms(lambda: index.search(queries, 1)),
-              "fused onnxruntime": median_ms(lambda: graph.search(queries, 1))}
+    result = {"fused numpy": timed(lambda: index.search(queries, 1), runs)[0],
+              "fused onnxruntime": timed(lambda: graph.search(queries, 1), runs)[0]}
     try:
         import faiss
     except ImportError:
         return result
     flat = faiss.IndexFlatL2(bank.shape[1])
     flat.add(np.ascontiguousarray(bank, dtype=np.float32))
-    result["faiss_flat"] = median_ms(lambda: flat.search(queries, 1))
+    result["faiss_flat"] = timed(lambda: flat.search(queries, 1), runs)[0]
     return result
 
 
@@ -172,11 +175,5 @@ def fastest_knn_kernel(bank: np.ndarray, queries: int, k: int = 1, runs: int = 1
     times = {}
     for name, make in KNN_KERNELS.items():
         index = make(bank, k)
-        index.search(q, k)
-        samples = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            index.search(q, k)
-            samples.append((time.perf_counter() - start) * 1e3)
-        times[name] = float(np.median(samples))
+        times[name] = timed(lambda: index.search(q, k), runs)[0]
     return min(times, key=times.get), times

@@ -14,7 +14,6 @@ OPENBLAS_CORETYPE is left as set in the environment.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -22,14 +21,7 @@ from threadpoolctl import threadpool_limits
 from anomedge.runtime.scoring import KnnIndex, MahalanobisIndex, inverse_cov_factor
 
 
-def bench(fn, runs: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times)), float(np.min(times))
+from anomedge.benchmark import timed as bench  # noqa: E402  (median, min) ms
 
 
 def naive_knn(queries: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,6 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 
 from ..artifact import METADATA, Artifact, sha256_file, write_metadata
 from ..errors import InputError
