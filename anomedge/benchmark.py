@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -102,35 +102,38 @@ class BackendReport:
 
 
 def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[str], reference: str = "torch",
-                   runs: int = 100, warmup: int = 10, threads: int | None = 2,
-                   options: dict[str, dict] | None = None) -> list[BackendReport]:
+                   runs: int = 100, warmup: int = 10, threads: int | None = 2, placements: Sequence[str] = ("host",),
+                   options: dict[str, Any] | None = None) -> list[BackendReport]:
     """Latency of each backend (batch 1) and parity of its scores/maps on all ``frames`` vs ``reference``.
 
-    A backend entry may name a precision variant: ``onnxruntime:fp16``, ``onnxruntime:int8``.
+    A backend entry may name a precision variant: ``onnxruntime:fp16``, ``onnxruntime:int8``,
+    ``openvino:bf16``. Each non-reference entry runs once per placement (host / graph scoring).
     The reference comes first in the result; a backend that cannot run here is reported with its reason.
     """
     from .errors import AnomedgeError
 
+    runs_plan = [(reference, "host")] + [(b, p) for b in backends if b != reference for p in placements]
     reports: list[BackendReport] = []
     ref_scores = ref_maps = None
-    for entry in [reference] + [b for b in backends if b != reference]:
+    for entry, placement in runs_plan:
         name, _, precision = entry.partition(":")
         extra = {"precision": precision} if precision else {}
+        label = name if placement == "host" else f"{name} [graph]"
         try:
-            with Inspector(artifact, name, threads=threads, **extra, **(options or {}).get(entry, {})) as inspector:
+            with Inspector(artifact, name, threads=threads, placement=placement, **extra, **(options or {})) as inspector:
                 scores, maps = score_frames(inspector, frames)
                 lat = latency(inspector, frames, runs, warmup)
                 precision = inspector.backend.precision
                 threshold = inspector.threshold
         except AnomedgeError as exc:
-            reports.append(BackendReport(name, precision or "-", None, None, None, error=str(exc)))
+            reports.append(BackendReport(label, precision or "-", None, None, None, error=str(exc)))
             continue
         par = None
         if entry == reference:
             ref_scores, ref_maps = scores, maps
         elif ref_scores is not None:
             par = parity(ref_scores, ref_maps, scores, maps, threshold)
-        reports.append(BackendReport(name, precision, lat, par, scores))
+        reports.append(BackendReport(label, precision, lat, par, scores))
     return reports
 
 

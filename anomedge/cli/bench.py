@@ -9,6 +9,10 @@ import click
 from .common import format_table, one_line_errors
 
 
+# "all": every backend and precision this toolkit can run; unavailable ones are listed with the reason.
+ALL_ENTRIES = ["onnxruntime", "onnxruntime:fp16", "onnxruntime:int8", "openvino:fp32", "openvino:bf16", "tensorrt"]
+
+
 def bench_table(reports) -> str:
     rows = [r.row() for r in reports]
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -35,6 +39,9 @@ def load_frames(data: str, limit: int | None):
 @click.argument("artifact", type=click.Path())
 @click.option("--data", required=True, help="Images to measure on: a data set spec (test split) or a folder.")
 @click.option("--backends", default="onnxruntime", show_default=True, help="Comma list, or 'all'.")
+@click.option("--device", default="auto", show_default=True, help="onnxruntime cpu|cuda|tensorrt; OpenVINO CPU|GPU|NPU|AUTO.")
+@click.option("--placements", default="host", show_default=True, help="Scoring placements to race: host,graph.")
+@click.option("--allow-fallback", is_flag=True, help="Accept onnxruntime's CPU fallback when a GPU provider fails.")
 @click.option("--runs", default=100, show_default=True, help="Timed frames per backend (batch 1), after warm-up.")
 @click.option("--warmup", default=10, show_default=True)
 @click.option("--threads", default=2, show_default=True)
@@ -42,16 +49,17 @@ def load_frames(data: str, limit: int | None):
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the results as JSON.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
-def main(artifact, data, backends, runs, warmup, threads, limit, json_path, registry):
+def main(artifact, data, backends, device, placements, allow_fallback, runs, warmup, threads, limit, json_path, registry):
     """Measure ARTIFACT on each backend: per-stage p50, end-to-end p50/p99, FPS, and parity vs torch."""
     from ..artifact import Artifact
     from ..benchmark import artifact_kernel_race, bench_backends
-    from ..runtime.registry import BACKEND_MODULES
 
     loaded = Artifact.load(artifact)
-    names = list(BACKEND_MODULES) if backends == "all" else [b.strip() for b in backends.split(",")]
+    names = ALL_ENTRIES if backends == "all" else [b.strip() for b in backends.split(",")]
     _, frames = load_frames(data, limit)
-    reports = bench_backends(loaded, frames, names, runs=runs, warmup=warmup, threads=threads)
+    options = {"device": device, **({"allow_fallback": True} if allow_fallback else {})}
+    reports = bench_backends(loaded, frames, names, runs=runs, warmup=warmup, threads=threads,
+                             placements=[p.strip() for p in placements.split(",")], options=options)
     click.echo(f"{loaded.root} on {len(frames)} images, batch 1, {threads} threads, {runs} timed runs")
     click.echo(bench_table(reports))
     race = artifact_kernel_race(loaded, frames[0])

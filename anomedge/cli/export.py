@@ -18,10 +18,17 @@ from .common import one_line_errors, parse_params
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Detector parameter (repeatable), e.g. coreset_fraction=0.05.")
 @click.option("--holdout", default=0.1, show_default=True, help="Fraction of good images held out to set the default threshold.")
 @click.option("--quantile", default=0.99, show_default=True, help="Default threshold = this quantile of held-out good scores.")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="Comma list of onnx, engine (TensorRT, on a GPU machine), openvino.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Precision of the extra formats (int8 calibrates on the training images).")
+@click.option("--placement", type=click.Choice(["host", "graph"]), default="host", show_default=True,
+              help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis + map in one graph) and use it by default.")
 @click.option("--quiet", is_flag=True, help="Print only the artifact path.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
-def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, quiet, registry):
+def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, formats, precision,
+         placement, quiet, registry):
     """Fit DETECTOR on the good images of DATA and export an artifact folder.
 
     DATA is a data set (elpv:mono, elpv:poly, digits:7, synthetic:brick) or a folder (MVTec layout
@@ -29,6 +36,7 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     """
     from ..datasets import load_dataset
     from ..export.fit import fit_and_export
+    from ..export.formats import check_options, parse_formats
     from ..models.backbones import BackboneSpec
 
     values = parse_params(params)
@@ -39,13 +47,32 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
+    rows = parse_formats(formats)
+    fmt_options = {row.name: {"precision": precision, **({"calib": []} if row.name == "onnx" and precision == "int8" else {})}
+                   for row in rows}
+    for row in rows:
+        check_options(row, fmt_options[row.name])
     split = load_dataset(data)
     if not quiet:
         click.echo(f"fitting {detector} on {len(split.train)} good images of {data}", err=True)
     report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
                             progress=None if not quiet else False)
+    root = report.artifact.root
+    for row in rows:
+        if row.name == "onnx" and precision == "fp32":
+            continue
+        opts = dict(fmt_options[row.name])
+        if "calib" in opts:
+            opts["calib"] = list(split.train[:64])
+        path = row.exporter(root, **opts)
+        if not quiet:
+            click.echo(f"{row.name}: wrote {path}", err=True)
+    if placement == "graph":
+        _use_graph_placement(root)
+    from ..artifact import Artifact
     from .runs import record_run
 
+    report.artifact = Artifact.load(root)
     meta = report.artifact.metadata
     record_run(registry, "export", str(report.artifact.root),
                params={"data": data, "detector": detector, "model": meta.model, "scoring": meta.scoring,
@@ -59,3 +86,16 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     click.echo(f"wrote {report.artifact.root}: {', '.join(report.artifact.metadata.files)} ({size:.1f} MiB); "
                f"fit {report.fit_seconds:.1f} s on {report.n_fit} images, export {report.export_seconds:.1f} s; "
                f"threshold {report.threshold} from {report.n_holdout} held-out good images")
+
+
+def _use_graph_placement(root) -> None:
+    """Write model.graph.onnx and make placement "graph" the artifact's default."""
+    import json
+
+    from ..artifact import METADATA, write_metadata
+    from ..export.scoring_head import add_graph_placement
+
+    add_graph_placement(root)
+    meta = json.loads((root / METADATA).read_text())
+    meta["scoring"]["placement"] = "graph"
+    write_metadata(root, meta)

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..artifact import METADATA, Artifact, sha256_file, write_metadata
 from ..errors import ArtifactError, InputError
+from ..runtime.heads import graph_view  # noqa: F401  (re-exported: the runtime owns it)
 
 OPSET = 18
 IR_VERSION = 9
@@ -239,14 +240,3 @@ def add_graph_placement(artifact_dir: str | Path, merged: bool = True, with_map:
     meta["scoring"]["graph_model" if merged else "graph_head"] = dst.name
     write_metadata(root, meta)
     return dst
-
-
-def graph_view(artifact: Artifact) -> Artifact:
-    """The artifact with scoring kind ``graph`` (pass-through head), for running ``model.graph.onnx``."""
-    meta = artifact.metadata
-    if "graph_model" not in meta.scoring:
-        raise ArtifactError(f"{artifact.root}: no graph placement; create it with add_graph_placement()")
-    scoring = {**meta.scoring, "kind": "graph", "graph_of": meta.scoring.get("kind"), "placement": "graph"}
-    view = Artifact(artifact.root, dataclasses.replace(meta, scoring=scoring))
-    view._arrays = artifact._arrays
-    return view

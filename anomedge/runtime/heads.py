@@ -106,3 +106,17 @@ def make_head(artifact: Artifact, kernel: str | None = None) -> Callable[[dict[s
     if kind not in HEADS:
         raise ArtifactError(f"{artifact.root}: scoring kind '{kind}' unknown; known: {', '.join(HEADS)}")
     return HEADS[kind](artifact, kernel)
+
+
+def graph_view(artifact: Artifact) -> Artifact:
+    """The artifact with scoring kind ``graph`` (pass-through head), for running its ``model.graph.onnx``."""
+    import dataclasses
+
+    meta = artifact.metadata
+    if "graph_model" not in meta.scoring:
+        raise ArtifactError(f"{artifact.root}: no graph placement; add it with ad-export … --placement graph "
+                            "(or anomedge.export.scoring_head.add_graph_placement)")
+    scoring = {**meta.scoring, "kind": "graph", "graph_of": meta.scoring.get("kind"), "placement": "graph"}
+    view = Artifact(artifact.root, dataclasses.replace(meta, scoring=scoring))
+    view._arrays = artifact._arrays
+    return view

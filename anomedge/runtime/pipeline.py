@@ -15,6 +15,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError
+from .heads import graph_view
 from .registry import get_backend
 
 STAGE_NAMES = ("preprocess", "infer", "score", "postprocess")
@@ -36,8 +37,17 @@ def _as_numpy(value: Any) -> np.ndarray:
 
 class Inspector:
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", device: str = "auto",
-                 threshold: float | None = None, **options: Any):
+                 threshold: float | None = None, placement: str | None = None, **options: Any):
+        """``placement``: "host" (graph features + host kernel) or "graph" (scoring inside
+        ``model.graph.onnx``); default: the artifact's ``scoring.placement``."""
+        placement = placement or artifact.metadata.scoring.get("placement", "host")
+        if placement not in ("host", "graph"):
+            raise ArtifactError(f"placement '{placement}': expected host or graph")
+        if placement == "graph" and artifact.metadata.scoring.get("kind") != "graph":
+            artifact = graph_view(artifact)
+            options.setdefault("model_file", artifact.metadata.scoring["graph_model"])
         self.artifact = artifact
+        self.placement = placement
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
         self.stages = self.backend.stages()
