@@ -160,7 +160,7 @@ def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[st
     """For kNN artifacts: the fused kernel vs faiss on this artifact's bank with one frame's patches."""
     if artifact.metadata.scoring.get("kind") != "knn":
         return None
-    with Inspector(artifact, "onnxruntime") as inspector:
+    with Inspector(artifact, "onnxruntime", placement="host") as inspector:
         feats = inspector.stages.infer(inspector.stages.preprocess([frame]))["features"]
     queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     bank = artifact.array("bank.npy")

@@ -71,6 +71,9 @@ class OnnxRuntimeBackend(Backend):
         self.device_id = device_id
         self.spinning = spinning
         self.threads = threads
+        if model_file and precision != "fp32" and model_file != artifact.variant(precision):
+            raise InputError(f"onnxruntime precision {precision} runs {artifact.variant(precision)}, not {model_file}: "
+                             "the graph placement (model.graph.onnx) exists in fp32 only; use placement host")
         self.model_file = model_file or artifact.variant(precision)
         self.precision = precision
         self.allow_fallback = allow_fallback
