@@ -4,6 +4,8 @@ The fixed protocol, per cell type (mono | poly):
 - train = 60 % of the defect-free cells (defect probability 0), chosen by ``default_rng(seed).permutation``;
 - test  = the remaining defect-free cells (label 0) + the cells with defect probability > 0.5
   (stored as 0.6666… and 1.0; label 1). Cells rated 1/3 are ambiguous and left out.
+Train and test keep labels.csv order. labels.csv is read directly: ``elpv_dataset.load_dataset`` would
+decode all 2,624 images into memory.
 """
 
 from __future__ import annotations
@@ -20,10 +22,16 @@ CELL_TYPES = ("mono", "poly")
 
 
 def elpv_root() -> Path:
+    """The installed package's data folder (labels.csv, images/); nothing is loaded into memory."""
     spec = importlib.util.find_spec("elpv_dataset")
     if spec is None or spec.origin is None:
-        raise InputError("the ELPV data set is not installed: pip install elpv-dataset (or pip install 'anomedge[export]')")
-    return Path(spec.origin).parent / "data"
+        raise InputError("the ELPV data set is not installed: pip install elpv-dataset "
+                         "(or pip install 'anomedge[export]')")
+    root = Path(spec.origin).parent / "data"
+    if not (root / "labels.csv").is_file():
+        raise InputError(f"{root}: labels.csv is missing from the elpv-dataset package; "
+                         "reinstall it: pip install --force-reinstall elpv-dataset")
+    return root
 
 
 def read_labels(root: Path) -> list[tuple[Path, float, str]]:
@@ -37,6 +45,8 @@ def read_labels(root: Path) -> list[tuple[Path, float, str]]:
 
 
 def load_elpv(cell_type: str = "mono", seed: int = 0) -> Split:
+    """The protocol above for one cell type; paths point into the installed package. Counts with seed 0:
+    mono 353 train, test 235 good + 369 anomalous; poly 552 train, test 368 good + 452 anomalous."""
     if cell_type not in CELL_TYPES:
         raise InputError(f"ELPV cell type '{cell_type}': expected one of {', '.join(CELL_TYPES)}")
     rows = [r for r in read_labels(elpv_root()) if r[2] == cell_type]

@@ -18,8 +18,9 @@ def _is_image(path: Path) -> bool:
 
 
 def list_images(source: str | Path) -> list[Path]:
-    """Images of a folder (non-recursive, sorted), a glob pattern, or a .txt file of paths (one per line,
-    relative to the file's folder). Unreadable files are kept: the run records them as errors."""
+    """Images of a folder (non-recursive, sorted, extensions in ``IMAGE_SUFFIXES`` in any case), a glob pattern
+    (sorted; ``**`` recurses), a .txt file of paths (one per line, relative to the file's folder; blank lines
+    and ``#`` comments skipped), or one image file. Unreadable files are kept: the run records them as errors."""
     text = str(source)
     path = Path(source)
     if path.is_dir():
@@ -28,7 +29,7 @@ def list_images(source: str | Path) -> list[Path]:
         lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
         found = [(path.parent / ln) if not Path(ln).is_absolute() else Path(ln) for ln in lines]
     elif any(ch in text for ch in "*?["):
-        found = sorted(Path(p) for p in glob.glob(text) if _is_image(Path(p)))
+        found = sorted(Path(p) for p in glob.glob(text, recursive=True) if _is_image(Path(p)))
     elif path.is_file() and _is_image(path):
         found = [path]
     else:
