@@ -68,7 +68,10 @@ def load_dataset(spec: str | Path, cache_dir: Path | None = None) -> Split:
     name, sep, arg = text.partition(":")
     path = Path(text).expanduser()
     if name in DATASETS and not path.exists():
-        return DATASETS[name](arg if sep else None, Path(cache_dir) if cache_dir else default_cache_dir())
+        try:
+            return DATASETS[name](arg if sep else None, Path(cache_dir) if cache_dir else default_cache_dir())
+        except ModuleNotFoundError as exc:  # generators need scikit-learn / scikit-image (the export extra)
+            raise InputError(f"data set '{text}' needs the module '{exc.name}': pip install 'anomedge[export]'") from exc
     if path.is_dir():
         return _folder(path)
     raise InputError(f"data '{spec}': no such data set or folder; expected one of: {'; '.join(FORMS)}")
