@@ -66,6 +66,10 @@ class Detector(ABC):
 # name → "module:Class"; modules import torch, so they are loaded only when asked for.
 DETECTORS: dict[str, str] = {
     "patchcore": "anomedge.models.patchcore:PatchCore",
+    "padim": "anomedge.models.padim:Padim",
+    "vit": "anomedge.models.vit_detector:ViTDetector",
+    "global_knn": "anomedge.models.baseline:GlobalKnn",
+    "kmeans": "anomedge.models.baseline:KMeansBaseline",
 }
 
 

@@ -1,0 +1,227 @@
+"""PaDiM (Defard et al., 2021): a Gaussian per patch position, Mahalanobis distance at test time.
+
+Graph: image (N,3,H,W) → ``features`` (N,C,h,w): the backbone stages (bilinearly upsampled to the
+finest stage's grid and concatenated, D = ΣCᵢ), then a seeded random subset of C of the D channels
+selected *inside* the graph (``index_select`` → ONNX Gather, so the output is already reduced), then
+optionally averaged over ``grid_pool``×``grid_pool`` cells (a coarser grid: fewer positions, a smaller
+artifact).
+Fit: per position p, the mean μₚ (C,) and covariance Σₚ (C,C) of the good images' features, in float64,
+with Ledoit-Wolf shrinkage (closed form, vectorised over positions) and/or a ridge ε·I.
+Artifact: ``mean.npy`` (h·w, C) float32 and ``factor.npy`` (h·w, C, C) with L Lᵀ = Σₚ⁻¹, float32 or
+float16 (``factor_dtype``). Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
+Size: h·w·C²·bytes — 224 px, stride 8 → 784·100²·4 B = 31 MB (float32); float16 or ``grid_pool=2``
+divide it by 2 and 4.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..artifact import InputSpec
+from ..errors import InputError
+from ..runtime.scoring import inverse_cov_factor
+from .backbones import BackboneSpec, build_backbone
+from .detector import Detector
+from .features import extract
+
+SHRINKAGES = ("ledoit_wolf", "none")
+FACTOR_DTYPES = ("float32", "float16")
+
+
+class PadimFeatures(torch.nn.Module):
+    """Normalised image (N,3,H,W) → stage features at the finest stride, channel subset, pooled grid (N,C,h,w)."""
+
+    def __init__(self, extractor: torch.nn.Module, channel_index: Sequence[int] | None, grid_pool: int = 1):
+        super().__init__()
+        self.extractor = extractor
+        self.grid_pool = int(grid_pool)
+        index = torch.as_tensor(list(channel_index) if channel_index is not None else [], dtype=torch.int64)
+        self.register_buffer("channel_index", index, persistent=False)
+        self.select = channel_index is not None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        maps = self.extractor(x)
+        size = maps[0].shape[-2:]
+        maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
+        feats = torch.cat(maps, dim=1)
+        if self.select:
+            feats = torch.index_select(feats, 1, self.channel_index)
+        if self.grid_pool > 1:
+            feats = F.avg_pool2d(feats, self.grid_pool, stride=self.grid_pool)
+        return feats
+
+
+def channel_subset(total: int, count: int | None, seed: int) -> list[int] | None:
+    """Sorted seeded random subset of ``count`` of ``total`` channels; None when all are kept."""
+    if count is None or count >= total:
+        return None
+    rng = np.random.default_rng(seed)
+    return sorted(int(i) for i in rng.choice(total, size=count, replace=False))
+
+
+def ledoit_wolf(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(P,N,C) samples per position → (mean (P,C), shrunk covariance (P,C,C), shrinkage (P,)), float64.
+
+    The closed form of Ledoit & Wolf (2004) as in ``sklearn.covariance.LedoitWolf`` (biased empirical
+    covariance S = XᵀX/N of the centred X, target μ·I with μ = tr S / C), vectorised over positions:
+    δ = (‖S‖²_F − 2μ tr S + Cμ²)/C, β = (Σₙ‖xₙ‖⁴/N − ‖S‖²_F)/(C N), shrinkage = min(β, δ)/δ.
+    """
+    x = x.to(torch.float64)
+    p, n, c = x.shape
+    mean = x.mean(dim=1)
+    xc = x - mean[:, None, :]
+    s = torch.bmm(xc.transpose(1, 2), xc) / n
+    trace = torch.diagonal(s, dim1=1, dim2=2).sum(1)
+    mu = trace / c
+    s_sq = (s * s).sum((1, 2))
+    delta = (s_sq - 2.0 * mu * trace + c * mu * mu) / c
+    beta = ((xc * xc).sum(2).square().sum(1) / n - s_sq) / (c * n)
+    beta = torch.minimum(beta, delta)
+    shrink = torch.where(delta > 0, beta / torch.where(delta > 0, delta, torch.ones_like(delta)), torch.zeros_like(delta))
+    if c == 1:
+        shrink = torch.zeros_like(shrink)
+    cov = (1.0 - shrink)[:, None, None] * s
+    cov = cov + (shrink * mu)[:, None, None] * torch.eye(c, dtype=torch.float64)
+    return mean, cov, shrink
+
+
+def gaussian_fit(x: torch.Tensor, shrinkage: str = "ledoit_wolf", ridge: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P,N,C) samples → (mean (P,C), covariance (P,C,C)) float64.
+
+    ``shrinkage="ledoit_wolf"``: the Ledoit-Wolf shrunk covariance; ``"none"``: the unbiased sample
+    covariance (N − 1), as the PaDiM paper. ``ridge`` ε is then added to the diagonal (the paper: 0.01).
+    """
+    if shrinkage not in SHRINKAGES:
+        raise InputError(f"shrinkage '{shrinkage}': expected one of {', '.join(SHRINKAGES)}")
+    if not ridge >= 0:
+        raise InputError(f"ridge {ridge}: expected a value >= 0")
+    p, n, c = x.shape
+    if shrinkage == "ledoit_wolf":
+        mean, cov, _ = ledoit_wolf(x)
+    else:
+        if n < 2:
+            raise InputError(f"{n} training image(s): the sample covariance needs at least 2; use shrinkage=ledoit_wolf")
+        x = x.to(torch.float64)
+        mean = x.mean(dim=1)
+        xc = x - mean[:, None, :]
+        cov = torch.bmm(xc.transpose(1, 2), xc) / (n - 1)
+    if ridge > 0:
+        cov = cov + ridge * torch.eye(c, dtype=torch.float64)
+    return mean, cov
+
+
+@dataclass
+class PadimConfig:
+    backbone: dict[str, Any] = field(default_factory=lambda: BackboneSpec().to_dict())
+    image_size: int = 224
+    n_channels: int | None = 100  # random subset of the D = 152 stage channels; None: all
+    grid_pool: int = 1  # average the feature grid over grid_pool × grid_pool cells inside the graph
+    shrinkage: str = "ledoit_wolf"  # or "none" (sample covariance, N − 1)
+    ridge: float = 0.01  # ε·I added to every covariance
+    factor_dtype: str = "float32"  # or "float16": half the artifact
+    reduction: dict[str, Any] = field(default_factory=lambda: {"name": "max"})
+    blur_sigma: float = 4.0
+    batch_size: int = 16
+    position_chunk: int = 64  # positions per covariance/factor chunk (memory bound of the fit)
+    seed: int = 0
+
+
+class Padim(Detector):
+    name = "padim"
+    output_names = ("features",)
+    config_class = PadimConfig
+
+    def __init__(self, config: PadimConfig | None = None, progress: bool | None = None):
+        self.config = cfg = config or PadimConfig()
+        if cfg.n_channels is not None and (isinstance(cfg.n_channels, bool) or not isinstance(cfg.n_channels, int)
+                                           or cfg.n_channels < 1):
+            raise InputError(f"n_channels {cfg.n_channels!r}: expected a positive integer or None (all channels)")
+        if isinstance(cfg.grid_pool, bool) or not isinstance(cfg.grid_pool, int) or cfg.grid_pool < 1:
+            raise InputError(f"grid_pool {cfg.grid_pool!r}: expected a positive integer (1 = full grid)")
+        if cfg.shrinkage not in SHRINKAGES:
+            raise InputError(f"shrinkage '{cfg.shrinkage}': expected one of {', '.join(SHRINKAGES)}")
+        if not isinstance(cfg.ridge, (int, float)) or not cfg.ridge >= 0:
+            raise InputError(f"ridge {cfg.ridge!r}: expected a number >= 0")
+        if cfg.factor_dtype not in FACTOR_DTYPES:
+            raise InputError(f"factor_dtype '{cfg.factor_dtype}': expected one of {', '.join(FACTOR_DTYPES)}")
+        if cfg.shrinkage == "none" and cfg.ridge == 0:
+            raise InputError("shrinkage none with ridge 0: the covariance may be singular; set ridge > 0 "
+                             "(PaDiM uses 0.01) or shrinkage=ledoit_wolf")
+        self.progress = progress
+        self.spec = BackboneSpec.from_dict(cfg.backbone).with_weights_hash()
+        extractor = build_backbone(self.spec)
+        total = sum(extractor.channels)
+        if cfg.n_channels is not None and cfg.n_channels > total:
+            raise InputError(f"n_channels {cfg.n_channels}: the backbone stages give only {total} channels; "
+                             f"choose at most {total} or None")
+        self.channel_index = channel_subset(total, cfg.n_channels, cfg.seed)
+        self.total_channels = total
+        self._graph = PadimFeatures(extractor, self.channel_index, cfg.grid_pool).eval()
+        self.mean: np.ndarray | None = None
+        self.factor: np.ndarray | None = None
+
+    def model_block(self) -> dict[str, Any]:
+        return {"backbone": self.spec.to_dict(), "channel_index": self.channel_index,
+                "grid_pool": self.config.grid_pool}
+
+    @classmethod
+    def build_graph(cls, model_block: dict[str, Any], artifact=None) -> PadimFeatures:
+        extractor = build_backbone(BackboneSpec.from_dict(model_block["backbone"]))
+        return PadimFeatures(extractor, model_block["channel_index"], model_block["grid_pool"]).eval()
+
+    def graph(self) -> PadimFeatures:
+        return self._graph
+
+    def input_spec(self) -> InputSpec:
+        size = self.config.image_size
+        return InputSpec(name="image", height=size, width=size, mean=tuple(self.spec.mean), std=tuple(self.spec.std))
+
+    def fit(self, train: Sequence[Path]) -> "Padim":
+        if len(train) == 0:
+            raise InputError("no training images: PaDiM needs at least one good image")
+        cfg = self.config
+        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
+        n, c, h, w = feats.shape
+        self.grid = (h, w)
+        x = torch.from_numpy(feats.reshape(n, c, h * w)).permute(2, 0, 1)  # (P,N,C) view
+        means, factors = [], []
+        for start in range(0, h * w, cfg.position_chunk):
+            mean, cov = gaussian_fit(x[start:start + cfg.position_chunk], cfg.shrinkage, cfg.ridge)
+            means.append(mean.numpy())
+            factors.append(inverse_cov_factor(cov.numpy(), dtype=np.float64))
+        self.mean = np.ascontiguousarray(np.concatenate(means), dtype=np.float32)
+        factor = np.concatenate(factors)
+        self.factor = np.ascontiguousarray(factor, dtype=cfg.factor_dtype)
+        if not np.isfinite(self.factor).all():
+            raise InputError(f"factor_dtype {cfg.factor_dtype}: the inverse-covariance factor overflows it "
+                             f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
+        self.n_train = n
+        return self
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        if self.mean is None:
+            raise InputError("PaDiM is not fitted: call fit() first")
+        return {"mean.npy": self.mean, "factor.npy": self.factor}
+
+    def metadata_blocks(self) -> dict[str, Any]:
+        if self.mean is None:
+            raise InputError("PaDiM is not fitted: call fit() first")
+        h, w = self.grid
+        cfg = self.config
+        c = int(self.mean.shape[1])
+        return {
+            "input": self.input_spec(),
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train,
+                                                    "total_channels": self.total_channels}},
+            "outputs": {"names": list(self.output_names), "features": {"shape": ["N", c, h, w],
+                        "stride": cfg.image_size // h}},
+            "scoring": {"kind": "mahalanobis", "placement": "host", "positions": h * w, "channels": c,
+                        "factor_dtype": cfg.factor_dtype, "shrinkage": cfg.shrinkage, "ridge": cfg.ridge},
+            "postprocess": {"blur_sigma": cfg.blur_sigma, "reduction": cfg.reduction},
+        }
