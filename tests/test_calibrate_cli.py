@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 
@@ -117,3 +118,29 @@ def test_runs_are_recorded_and_listed(art, labelled, env):
     assert "params.method" in compare.stdout and "frr" in compare.stdout
     missing = cli("runs", "show", "99", env=env)
     assert missing.returncode == 2 and "error:" in missing.stderr
+
+
+def test_mask_of_another_shape_is_named(tmp_path):
+    import cv2
+
+    from anomedge.calibrate.apply import read_masks
+    from anomedge.errors import InputError
+
+    good, wide = tmp_path / "good_mask.png", tmp_path / "wide_mask.png"
+    cv2.imwrite(str(good), np.full((300, 300), 255, np.uint8))
+    cv2.imwrite(str(wide), np.full((100, 300), 255, np.uint8))
+    masks = read_masks([good, None], (64, 64))
+    assert masks.shape == (2, 64, 64) and masks[0].all() and not masks[1].any()
+    with pytest.raises(InputError, match="wide_mask.png: mask is 300×100"):
+        read_masks([wide], (64, 64))
+
+
+def test_labels_must_match_images(art, labelled):
+    from anomedge.calibrate.apply import calibrate
+    from anomedge.errors import InputError
+
+    before = (art / "metadata.json").read_bytes()
+    paths = sorted((labelled / "test" / "good").iterdir())
+    with pytest.raises(InputError, match="3 labels for 12 images"):
+        calibrate(art, [], "f1", (paths, np.zeros(3, np.int8), None))
+    assert (art / "metadata.json").read_bytes() == before

@@ -57,7 +57,8 @@ def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
 
 
 def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int]) -> np.ndarray:
-    """Ground-truth masks (N,H,W) bool, resized (nearest) to the map size; None → all good."""
+    """Ground-truth masks (N,H,W) bool, resized (nearest) to the map size; None → all good.
+    A mask of another aspect ratio cannot be aligned with its map: InputError naming it."""
     import cv2
 
     masks = np.zeros((len(mask_paths), *shape), bool)
@@ -67,6 +68,9 @@ def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int]) -> np.
         mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise InputError(f"{path}: not a readable mask image")
+        if abs(mask.shape[0] / mask.shape[1] - shape[0] / shape[1]) > 0.01:
+            raise InputError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, its aspect ratio does not match the "
+                             f"model's {shape[1]}×{shape[0]} maps; masks must be the size of their images")
         masks[i] = cv2.resize(mask, shape[::-1], interpolation=cv2.INTER_NEAREST) > 127
     return masks
 
@@ -80,6 +84,8 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     validation set (needed for ``f1``). ``params``: the method's (``q`` for quantile, ``target`` for frr).
     """
     root = Path(artifact_dir)
+    if val is not None and len(val[1]) != len(val[0]):
+        raise InputError(f"validation labels: {len(val[1])} labels for {len(val[0])} images; they must pair up")
     artifact = Artifact.load(root)
     before = (root / METADATA).read_bytes()
     if len(good) and len(good) < MIN_GOOD:
@@ -90,8 +96,6 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     val_pair = None
     if val is not None:
         labels = np.asarray(val[1], np.int8)
-        if len(labels) != len(val[0]):
-            raise InputError(f"validation labels: {len(labels)} labels for {len(val[0])} images")
         keep = [i for i, p in enumerate(val[0]) if Path(p) in set(val_scored.paths)]
         val_pair = (labels[keep], val_scored.scores)
     good_scores = good_scored.scores if good_scored else val_pair[1][val_pair[0] == 0]
