@@ -1,0 +1,184 @@
+"""Every registered detector, fitted, exported and measured on this machine → markdown table + JSON.
+
+For each variant below (detector × parameters) and each data set (ELPV mono / poly, synthetic brick):
+fit on the good training images (``fit_and_export``: 10 % held out for the default threshold), score
+every test image through the exported artifact on onnxruntime (host scoring), and record
+- image AUROC (ELPV mono, ELPV poly, synthetic), pixel AUROC (synthetic: maps resized to the masks),
+- artifact size (all hashed files), fit time (mono),
+- runtime p50 latency (onnxruntime, batch 1, 2 threads; ``anomedge.benchmark.latency`` via
+  ``bench_backends``) and max |Δscore| / max rel Δscore runtime vs the PyTorch reference on
+  ``--parity-frames`` mono test frames.
+ViT rows use random-init weights (no model hub on this machine): their AUROCs say nothing about
+pretrained DINOv2/MAE/Swin, only that the pipeline runs end to end.
+
+    .venv/bin/python benchmarks/detector_table.py --cells mono --json runs/detector_table.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from anomedge.benchmark import bench_backends  # noqa: E402
+from anomedge.calibrate.metrics import auroc, pixel_auroc  # noqa: E402
+from anomedge.datasets import DATASETS, load_dataset  # noqa: E402
+from anomedge.errors import AnomedgeError  # noqa: E402
+from anomedge.export.fit import fit_and_export  # noqa: E402
+from anomedge.models.detector import DETECTORS  # noqa: E402
+from anomedge.runtime.pipeline import Inspector  # noqa: E402
+from anomedge.runtime.preprocess import read_image  # noqa: E402
+
+VIT_RANDOM = {"weights": "none", "image_size": 224, "blocks": [-1]}
+# (row label, detector, parameters, note)
+VARIANTS: list[tuple[str, str, dict, str]] = [
+    ("patchcore", "patchcore", {}, ""),
+    ("padim", "padim", {}, ""),
+    ("padim fp16", "padim", {"factor_dtype": "float16"}, ""),
+    ("padim pool2", "padim", {"grid_pool": 2}, "14×14 grid"),
+    ("padim fp16 pool2", "padim", {"factor_dtype": "float16", "grid_pool": 2}, ""),
+    ("padim ridge", "padim", {"shrinkage": "none", "ridge": 0.01}, "paper: sample cov + 0.01·I"),
+    ("padim top5%", "padim", {"reduction": {"name": "top_fraction_mean", "fraction": 0.05}}, ""),
+    ("global_knn k=1", "global_knn", {"k": 1}, ""),
+    ("global_knn k=5", "global_knn", {"k": 5}, ""),
+    ("kmeans 8", "kmeans", {"n_clusters": 8}, ""),
+    ("vit dinov2-s patch cos", "vit", {**VIT_RANDOM}, "random init"),
+    ("vit dinov2-s image maha", "vit", {**VIT_RANDOM, "level": "image", "scoring": "mahalanobis", "pca_dim": 64},
+     "random init"),
+]
+KNOWN = {d for _, d, _, _ in VARIANTS}
+
+
+def variants(only: list[str] | None) -> list[tuple[str, str, dict, str]]:
+    rows = list(VARIANTS)
+    for name in DETECTORS:  # detectors registered by others (autoencoders …): their defaults
+        if name not in KNOWN:
+            rows.append((name, name, {}, "defaults"))
+    if only:
+        rows = [r for r in rows if r[0] in only or r[1] in only]
+    return rows
+
+
+def read_mask(path, shape) -> np.ndarray:
+    if path is None:
+        return np.zeros(shape, np.uint8)
+    return (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8)
+
+
+def run_scores(artifact, paths, batch: int = 8, want_maps: bool = False, mask_shape=None):
+    scores, maps = [], []
+    with Inspector(artifact, "onnxruntime", threads=2) as insp:
+        for start in range(0, len(paths), batch):
+            result = insp.inspect([read_image(p) for p in paths[start:start + batch]])
+            scores.append(result.scores)
+            if want_maps:
+                maps.extend(cv2.resize(m, mask_shape[::-1], interpolation=cv2.INTER_LINEAR) for m in result.maps)
+    return np.concatenate(scores), (np.stack(maps) if want_maps else None)
+
+
+def artifact_mb(artifact) -> float:
+    return sum((artifact.root / f).stat().st_size for f in artifact.metadata.files) / 2**20
+
+
+def measure(label, detector, params, data, out, args, bench: bool) -> dict:
+    split = load_dataset(data)
+    report = fit_and_export(split.train, detector, params, out, progress=False)
+    art = report.artifact
+    row = {"fit_s": report.fit_seconds, "size_mb": artifact_mb(art), "n_fit": report.n_fit}
+    masks = split.test_masks is not None and any(m is not None for m in split.test_masks)
+    shape = None
+    if masks:
+        first = next(m for m in split.test_masks if m is not None)
+        shape = cv2.imread(str(first), cv2.IMREAD_GRAYSCALE).shape
+    scores, maps = run_scores(art, list(split.test), want_maps=masks, mask_shape=shape)
+    row["auroc"] = auroc(split.test_labels, scores)
+    if masks:
+        gt = np.stack([read_mask(m, shape) for m in split.test_masks])
+        row["pixel_auroc"] = pixel_auroc(gt, maps)
+    if bench:
+        frames = [read_image(p) for p in split.test[: args.parity_frames]]
+        reports = bench_backends(art, frames, ["onnxruntime"], runs=args.runs, warmup=5, threads=2)
+        ref, ort = reports[0], reports[-1]
+        if ort.error or ref.error:
+            row["bench_note"] = ort.error or ref.error
+        else:
+            row.update({"p50_ms": ort.latency.total_p50, "torch_p50_ms": ref.latency.total_p50,
+                        "max_abs_dscore": float(np.abs(ort.scores - ref.scores).max()),
+                        "max_rel_dscore": ort.parity.max_rel_score_diff, "agree": ort.parity.decision_agreement})
+    return row
+
+
+def fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cells", default="mono,poly", help="ELPV cell types (comma list)")
+    ap.add_argument("--synthetic", default="brick", help="synthetic texture ('' to skip)")
+    ap.add_argument("--only", default="", help="comma list of row labels or detector names")
+    ap.add_argument("--runs", type=int, default=30, help="timed frames per backend")
+    ap.add_argument("--parity-frames", type=int, default=24)
+    ap.add_argument("--json", default="runs/detector_table.json")
+    ap.add_argument("--keep", default="", help="keep artifacts under this folder (default: temporary)")
+    args = ap.parse_args(argv)
+
+    cells = [c for c in args.cells.split(",") if c]
+    datasets = [f"elpv:{c}" for c in cells]
+    notes = []
+    if args.synthetic:
+        if "synthetic" in DATASETS:
+            datasets.append(f"synthetic:{args.synthetic}")
+        else:
+            notes.append("synthetic data set not available: synthetic columns skipped")
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="detector_table_"))
+    results = []
+    for label, detector, params, note in variants([s for s in args.only.split(",") if s]):
+        entry = {"row": label, "detector": detector, "params": params, "note": note, "data": {}}
+        for i, data in enumerate(datasets):
+            start = time.perf_counter()
+            try:
+                entry["data"][data] = measure(label, detector, params, data, work / label.replace(" ", "_") / data.replace(":", "-"),
+                                              args, bench=i == 0)
+            except AnomedgeError as exc:
+                entry["data"][data] = {"error": str(exc)}
+            print(f"[{label} | {data}] {time.perf_counter() - start:.0f} s: {entry['data'][data]}", file=sys.stderr, flush=True)
+        results.append(entry)
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+    syn = next((d for d in datasets if d.startswith("synthetic")), None)
+    head = ["detector", "ELPV mono AUROC", "ELPV poly AUROC", "synthetic img AUROC", "synthetic pixel AUROC",
+            "artifact MB", "fit s", "p50 ms (ort)", "max |Δscore|", "max rel Δscore", "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for e in results:
+        d = e["data"]
+        first = d.get(datasets[0], {}) if datasets else {}
+        mono, poly, s = d.get("elpv:mono", {}), d.get("elpv:poly", {}), d.get(syn, {}) if syn else {}
+        err = "; ".join(f"{k}: {v['error']}" for k, v in d.items() if "error" in v)
+        cells_ = [e["row"], fmt(mono.get("auroc"), ".3f"), fmt(poly.get("auroc"), ".3f"), fmt(s.get("auroc"), ".3f"),
+                  fmt(s.get("pixel_auroc"), ".3f"), fmt(first.get("size_mb"), ".2f"), fmt(first.get("fit_s"), ".1f"),
+                  fmt(first.get("p50_ms"), ".1f"), fmt(first.get("max_abs_dscore"), ".2e"),
+                  fmt(first.get("max_rel_dscore"), ".1e"), "; ".join(x for x in (e["note"], err) if x)]
+        lines.append("| " + " | ".join(cells_) + " |")
+    table = "\n".join(lines)
+    print(table)
+    for n in notes:
+        print(f"\nNote: {n}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps({"datasets": datasets, "notes": notes, "rows": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
