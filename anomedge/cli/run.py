@@ -1,4 +1,10 @@
-"""ad-run: score frames from a source with an artifact, torch-free; one decision record per frame."""
+"""ad-run: score frames from a camera, video, stream, folder or hot folder with an artifact, torch-free;
+one decision record per frame, NG evidence, optional webhook / MQTT outputs and a live view.
+
+Every output is opened before the first frame, so an unwritable path fails at start-up with one line.
+SIGINT / SIGTERM finish the frame in flight, flush, print the summary and exit 0; with
+``--exit-on-disconnect`` a lost live source ends the run with exit code 1 (for a supervisor to restart).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,26 @@ from .common import one_line_errors
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path())
-@click.option("--source", required=True, help="Folder, glob or .txt list of images.")
+@click.option("--source", default=None, help="Video file, rtsp:// or http(s):// stream URL, folder, glob, .txt list or image.")
+@click.option("--camera", type=int, default=None, help="Camera device index (cv2.VideoCapture).")
+@click.option("--watch", is_flag=True, help="--source is a hot folder: process new files as they arrive, each once.")
+@click.option("--watch-state", type=click.Path(dir_okay=False), default=None,
+              help="State file of processed names for --watch (default: SOURCE/.anomedge-processed).")
+@click.option("--loop", is_flag=True, help="Start a video file again at its end (soak tests, demos).")
+@click.option("--width", type=int, default=None, help="Camera/stream capture width (where the driver allows).")
+@click.option("--height", type=int, default=None, help="Capture height.")
+@click.option("--fps", type=float, default=None, help="Capture frame rate.")
+@click.option("--exposure", type=float, default=None, help="Camera exposure (driver units).")
+@click.option("--gain", type=float, default=None, help="Camera gain (driver units).")
+@click.option("--roi", default=None, help="Crop x,y,w,h (frame pixels) before preprocessing.")
+@click.option("--policy", type=click.Choice(["latest", "all"]), default=None,
+              help="Capture queue: latest drops stale frames (default for cameras/streams), all applies back-pressure.")
+@click.option("--capture-thread/--no-capture-thread", default=True, show_default=True,
+              help="Read frames on a background thread (overlaps decoding with inference).")
+@click.option("--max-frames", type=int, default=None, help="Stop after this many records.")
+@click.option("--exit-on-disconnect", is_flag=True, help="End the run (exit 1) when a live source disconnects.")
+@click.option("--reconnect-max-s", type=float, default=30.0, show_default=True, help="Longest reconnect back-off.")
+@click.option("--open-timeout-s", type=float, default=10.0, show_default=True, help="Give up opening a source after this.")
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
@@ -21,35 +46,132 @@ from .common import one_line_errors
 @click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata.")
 @click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
               help="Override the host kNN kernel recorded in the artifact (raced at export).")
-@click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here.")
+@click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here (JSON lines).")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append decision records here (CSV).")
+@click.option("--rotate-mb", type=float, default=None, help="Rotate --jsonl/--csv files at this size.")
+@click.option("--fsync", is_flag=True, help="fsync every record (survives power loss; slower).")
+@click.option("--save-ng", type=click.Path(file_okay=False), default=None, help="Save overlay + raw frame of NG frames here.")
+@click.option("--save-every", type=int, default=0, help="Also save every N-th OK frame (under --save-ng/ok/).")
+@click.option("--webhook", default=None, help="POST each NG record as JSON to this URL.")
+@click.option("--mqtt", default=None, help="Publish every record to HOST:PORT/TOPIC (needs paho-mqtt).")
+@click.option("--serve", default=None, help="Live view and REST API on HOST:PORT (e.g. 127.0.0.1:8080).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
-def main(artifact, source, backend, device, precision, placement, allow_fallback, threads, threshold, knn_kernel, jsonl, quiet):
-    """Inspect every frame of SOURCE with ARTIFACT; print OK/NG per frame and a summary."""
+def main(artifact, source, camera, watch, watch_state, loop, width, height, fps, exposure, gain, roi, policy,
+         capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend, device, precision,
+         placement, allow_fallback, threads, threshold, knn_kernel, jsonl, csv_path, rotate_mb, fsync, save_ng,
+         save_every, webhook, mqtt, serve, quiet):
+    """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
+    import contextlib
     import json
+    import logging
+    import signal
+    import sys
+    import threading
 
     from ..artifact import Artifact
+    from ..errors import InputError
+    from ..runtime.capture import CaptureThread
+    from ..runtime.evidence import EvidenceWriter
     from ..runtime.pipeline import Inspector
-    from ..runtime.runner import run
-    from ..runtime.sinks import JsonlSink
-    from ..runtime.sources import FolderSource
+    from ..runtime.runner import Runner
+    from ..runtime.sinks import CsvSink, JsonlSink
+    from ..runtime.sources import CaptureSettings, VideoSource, open_source, parse_roi
 
-    loaded = Artifact.load(artifact)
-    options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
-    frames = FolderSource(source)
-    sinks = []
-    sink = JsonlSink(jsonl) if jsonl else None
-    if sink:
-        sinks.append(sink.write)
-    if not quiet:
-        sinks.append(lambda record: click.echo(json.dumps(record)))
-    with Inspector(loaded, backend, device, threshold=threshold, threads=threads, knn_kernel=knn_kernel,
-                   placement=placement, **options) as inspector:
+    if source is None and camera is None and serve is None:
+        raise click.UsageError("give --camera N or --source PATH_OR_URL (or --serve HOST:PORT for the REST API only)")
+    if source is not None and camera is not None:
+        raise click.UsageError("give either --camera or --source, not both")
+    if max_frames is not None and max_frames < 1:
+        raise click.UsageError("--max-frames must be at least 1")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    logging.getLogger("anomedge").addHandler(handler)
+    logging.getLogger("anomedge").setLevel(logging.WARNING)
+
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        # Outputs first: an unwritable path must fail before any frame is read.
+        sinks = []
+        for path, cls in ((jsonl, JsonlSink), (csv_path, CsvSink)):
+            if path:
+                sink = cls(path, fsync=fsync, rotate_mb=rotate_mb)
+                stack.callback(sink.close)
+                sinks.append(sink.write)
+        evidence = EvidenceWriter(save_ng, save_every) if save_ng else None
+        if save_every and not save_ng:
+            raise click.UsageError("--save-every needs --save-ng DIR")
+        region = parse_roi(roi) if roi else None
+        if webhook:
+            from ..runtime.outputs import WebhookOutput
+
+            hook = WebhookOutput(webhook)
+            stack.callback(hook.close)
+            sinks.append(hook)
+        if mqtt:
+            from ..runtime.outputs import MqttOutput, parse_mqtt
+
+            broker = MqttOutput(*parse_mqtt(mqtt))
+            stack.callback(broker.close)
+            sinks.append(broker)
+        if not quiet:
+            sinks.append(lambda record: click.echo(json.dumps(record)))
+
+        loaded = Artifact.load(artifact)
+        settings = CaptureSettings(width=width, height=height, fps=fps, exposure=exposure, gain=gain,
+                                   open_timeout_s=open_timeout_s, reconnect_max_s=reconnect_max_s,
+                                   exit_on_disconnect=exit_on_disconnect, loop=loop)
+        frames = None
+        if source is not None or camera is not None:
+            frames = open_source(source, camera, watch=watch, state_file=watch_state, settings=settings, stop_event=stop)
+            if isinstance(frames, VideoSource):
+                frames.open()
+            if hasattr(frames, "close"):
+                stack.callback(frames.close)
+
+        options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
+        inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold, threads=threads,
+                                                  knn_kernel=knn_kernel, placement=placement, **options))
         if inspector.threshold is None:
             raise click.UsageError("the artifact has no image threshold: run ad-calibrate or pass --threshold")
+        runner = Runner(inspector, sinks, roi=region, evidence=evidence)
+
+        capture = None
+        if frames is not None and capture_thread:
+            chosen = policy or ("latest" if getattr(frames, "live", False) and not watch else "all")
+            capture = CaptureThread(frames, chosen, stop_event=stop)
+            stack.callback(capture.stop)
+        if serve:
+            from ..runtime.serve import LiveView
+
+            host, _, port = serve.rpartition(":")
+            if not host or not port.isdigit():
+                raise InputError(f"--serve '{serve}': expected HOST:PORT, e.g. 127.0.0.1:8080")
+            info = {"artifact": str(loaded.root), "detector": loaded.metadata.detector, "backend": backend,
+                    "source": getattr(frames, "path", None)}
+            view = LiveView(runner, info, host, int(port), source=frames, capture=capture).start()
+            stack.callback(view.close)
+            runner.observers.append(view.update)
+            click.echo(f"live view on {view.url}", err=True)
+
+        def on_signal(signum, _frame):
+            stop.set()
+
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            summary = run(inspector, frames, sinks)
+            if frames is None:
+                while not stop.wait(0.5):
+                    pass
+                summary = runner.summary
+            else:
+                summary = runner.run(capture if capture is not None else frames, stop_event=stop, max_frames=max_frames,
+                                     on_done=getattr(frames, "ack", None),
+                                     dropped=(lambda: capture.dropped) if capture is not None else None,
+                                     reconnects=(lambda: frames.reconnects) if hasattr(frames, "reconnects") else None)
         finally:
-            if sink:
-                sink.close()
+            for sig, old in previous.items():
+                signal.signal(sig, old)
     click.echo(summary.line(), err=not quiet)
+    if getattr(frames, "disconnected", False):
+        click.echo(f"error: {frames.path}: disconnected (--exit-on-disconnect)", err=True)
+        sys.exit(1)
