@@ -70,6 +70,8 @@ DETECTORS: dict[str, str] = {
     "vit": "anomedge.models.vit_detector:ViTDetector",
     "global_knn": "anomedge.models.baseline:GlobalKnn",
     "kmeans": "anomedge.models.baseline:KMeansBaseline",
+    "autoencoder": "anomedge.models.autoencoder:Autoencoder",
+    "mae": "anomedge.models.mae:MaskedAutoencoder",
 }
 
 
