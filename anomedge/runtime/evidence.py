@@ -49,7 +49,7 @@ def heat_range(thresholds: dict[str, Any], threshold: float) -> tuple[float, flo
         return float(norm["min"]), float(norm["max"])
     good = thresholds.get("good_scores") or {}
     low = float(good.get("min", 0.0)) if isinstance(good, dict) else 0.0
-    low = min(low, threshold * 0.5) if threshold > 0 else low
+    low = min(low, threshold)
     return low, max(2.0 * threshold - low, low + 1e-6)
 
 

@@ -4,7 +4,7 @@ A frame that fails to decode (or has an unusable shape/dtype, or does not contai
 an ``ERROR`` record and the loop goes on. A record holds: source, index, timestamp (capture time,
 epoch seconds), score, ``score_normalized`` (only if metadata ``thresholds.normalization`` has
 min/threshold/max: piecewise linear, threshold → 0.5, clipped to [0, 1]), label OK/NG, threshold,
-``ms`` per stage (+ ``total``), ``dropped`` (frames dropped by the capture queue so far) and, for NG,
+``ms`` per stage (+ ``total``; NG: ``evidence_ms`` for boxes and saved files), ``dropped`` (frames dropped by the capture queue so far) and, for NG,
 ``boxes`` ([x, y, w, h] in frame pixels, of the map thresholded at ``thresholds.pixel`` or else the
 image threshold) and ``overlay`` (the saved PNG) when evidence is saved.
 
@@ -145,7 +145,7 @@ class Runner:
         record["boxes"] = regions(full, self.pixel_threshold) if self.pixel_threshold is not None else []
         if self.evidence is not None:
             self._save(record, image, full)
-        record["ms"]["evidence"] = round((time.perf_counter() - start) * 1e3, 3)
+        record["evidence_ms"] = round((time.perf_counter() - start) * 1e3, 3)
 
     def _save(self, record: dict[str, Any], image: np.ndarray, full: np.ndarray | None) -> None:
         try:
