@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
-
 
 from ..artifact import METADATA, Artifact, sha256_file, write_metadata
 from ..errors import InputError
@@ -26,12 +27,30 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 MIN_CALIBRATION_IMAGES = 32
 
 
+def check_nodes(model_path: Path, names: Sequence[str], shown: str = "model.onnx") -> None:
+    """InputError naming any of ``names`` that is not a node of the graph at ``model_path`` (a typo
+    would silently quantise everything); ``shown`` is the file name the message gives the user."""
+    if not names:
+        return
+    import onnx
+
+    graph = {n.name for n in onnx.load(str(model_path)).graph.node}
+    unknown = [n for n in names if n not in graph]
+    if unknown:
+        sample = ", ".join(quantizable_nodes(model_path)[:3])
+        raise InputError(f"{shown}: no node named {', '.join(unknown)}; --exclude takes node names of {shown} "
+                         f"(e.g. {sample}; all of them: anomedge.export.precision.quantizable_nodes)")
+
+
 def to_fp16(src: Path, dst: Path, keep_float: Sequence[str] = ()) -> None:
+    """float16 weights/compute, float32 inputs/outputs. The converter's default op block list (ops
+    unsafe in half precision) always applies; ``keep_float`` names extra nodes to keep float32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    check_nodes(src, keep_float, src.name)
     model = onnx.load(str(src))
-    half = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(keep_float) or None)
+    half = convert_float_to_float16(model, keep_io_types=True, node_block_list=list(keep_float) or None)
     onnx.save(half, str(dst))
 
 
@@ -67,18 +86,17 @@ def to_int8(src: Path, dst: Path, artifact: Artifact, calibration: Sequence[Path
             frame = next(self.items, None)
             return None if frame is None else {spec.name: preprocess([frame], spec)}
 
-    prepared = dst.with_suffix(".prep.onnx")
-    try:
+    # Intermediate models (pre-processed, augmented for calibration) live in a scratch folder, never
+    # beside the artifact's hashed files.
+    with tempfile.TemporaryDirectory(prefix="anomedge-int8-") as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
+        check_nodes(prepared, exclude, src.name)
         quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                                           "percentile": CalibrationMethod.Percentile}[method],
                         nodes_to_exclude=list(exclude))
-    finally:
-        prepared.unlink(missing_ok=True)
-        for extra in dst.parent.glob("*.onnx.data"):
-            extra.unlink()
 
 
 VARIANTS: dict[str, Callable[..., None]] = {"fp16": to_fp16, "int8": to_int8}
@@ -92,11 +110,21 @@ def add_variant(artifact_dir: str | Path, precision: str, calibration: Sequence[
     root = Path(artifact_dir)
     artifact = Artifact.load(root)
     src, dst = artifact.path("model.onnx"), root / f"model.{precision}.onnx"
-    if precision == "int8":
-        to_int8(src, dst, artifact, calibration, method, exclude)
-    else:
-        to_fp16(src, dst, exclude)
-    meta = json.loads((root / METADATA).read_text())
+    before = (root / METADATA).read_bytes()
+    # Written under a temporary name and renamed only once complete: a failure leaves an existing
+    # variant (a hashed file) and metadata.json as they were.
+    tmp = root / f".{dst.name}.tmp"
+    try:
+        if precision == "int8":
+            to_int8(src, tmp, artifact, calibration, method, exclude)
+        else:
+            to_fp16(src, tmp, exclude)
+        if (root / METADATA).read_bytes() != before:
+            raise InputError(f"{root / METADATA} changed while quantising; run ad-quantize again")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    meta = json.loads(before)
     meta["files"][dst.name] = sha256_file(dst)
     meta["model"].setdefault("variants", {})[precision] = dst.name
     meta["model"].setdefault("variant_params", {})[precision] = {"method": method, "exclude": list(exclude),

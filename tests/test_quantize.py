@@ -1,0 +1,95 @@
+"""FP16 / INT8 variants through the library API on a real artifact: node exclusion honoured (mixed
+precision), typos and failures refused with metadata and existing variants untouched, variants run
+through the onnxruntime backend's ``model_file``."""
+
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+
+from anomedge.artifact import Artifact
+from anomedge.errors import InputError
+from anomedge.export.precision import add_variant, quantizable_nodes
+from anomedge.runtime.pipeline import Inspector
+from anomedge.runtime.preprocess import read_image
+
+
+@pytest.fixture(scope="module")
+def art(tiny_artifact, tmp_path_factory):
+    root = tmp_path_factory.mktemp("quantize") / "art"
+    shutil.copytree(tiny_artifact.root, root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_conv(art):
+    return quantizable_nodes(art / "model.onnx")[0]
+
+
+def node(model_path, name):
+    model = onnx.load(str(model_path))
+    return model, next(n for n in model.graph.node if n.name == name)
+
+
+def scores(artifact, frames, **options):
+    with Inspector(artifact, "onnxruntime", **options) as insp:
+        return np.concatenate([insp.inspect([f]).scores for f in frames])
+
+
+def test_fp16_keeps_named_node_in_float32(art, first_conv, elpv_paths):
+    path = add_variant(art, "fp16", exclude=[first_conv])
+    model, conv = node(path, first_conv)
+    casts = {o: onnx.helper.get_attribute_value(n.attribute[0]) for n in model.graph.node if n.op_type == "Cast"
+             for o in n.output}
+    # the excluded conv computes in float32 (its inputs cast to float32); every other conv in float16
+    float32_convs = [n.name for n in model.graph.node if n.op_type == "Conv"
+                     and casts.get(n.input[1]) == onnx.TensorProto.FLOAT]
+    assert float32_convs == [first_conv]
+    assert casts.get(conv.input[0]) == onnx.TensorProto.FLOAT
+    artifact = Artifact.load(art)
+    assert artifact.metadata.model["variant_params"]["fp16"]["exclude"] == [first_conv]
+    frames = [read_image(p) for p in elpv_paths[20:24]]
+    np.testing.assert_allclose(scores(artifact, frames, precision="fp16"), scores(artifact, frames), rtol=1e-2)
+
+
+def test_mixed_int8_keeps_named_conv_float_and_runs_by_model_file(art, first_conv, elpv_paths):
+    path = add_variant(art, "int8", elpv_paths[:8], "percentile", exclude=[first_conv])
+    model, conv = node(path, first_conv)
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert producers.get(conv.input[1]) != "DequantizeLinear"  # float weight straight from an initializer
+    others = [n for n in model.graph.node if n.op_type == "Conv" and n.name != first_conv]
+    assert all(producers.get(n.input[1]) == "DequantizeLinear" for n in others)
+    artifact = Artifact.load(art)  # the variant is hashed and verifies
+    assert artifact.metadata.model["variants"]["int8"] == "model.int8.onnx"
+    frames = [read_image(p) for p in elpv_paths[24:28]]
+    by_precision = scores(artifact, frames, precision="int8")
+    np.testing.assert_array_equal(scores(artifact, frames, model_file="model.int8.onnx"), by_precision)
+    np.testing.assert_allclose(by_precision, scores(artifact, frames), rtol=0.15)  # INT8: a few % measured
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_unknown_node_is_refused_and_nothing_changes(art, precision, elpv_paths):
+    before = {p.name: p.read_bytes() for p in art.iterdir()}
+    with pytest.raises(InputError, match=r"model.onnx: no node named conv_typo; --exclude takes node names"):
+        add_variant(art, precision, elpv_paths[:4], exclude=["conv_typo"])
+    assert {p.name: p.read_bytes() for p in art.iterdir()} == before  # no stray file, same bytes
+
+
+def test_failed_requantisation_keeps_the_existing_variant(art, tmp_path, elpv_paths):
+    if "int8" not in Artifact.load(art).metadata.model.get("variants", {}):
+        add_variant(art, "int8", elpv_paths[:4])
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG not really")
+    before = {p.name: p.read_bytes() for p in art.iterdir()}
+    with pytest.warns(UserWarning, match="broken.png"), pytest.raises(InputError, match="no readable calibration"):
+        add_variant(art, "int8", [broken])
+    assert {p.name: p.read_bytes() for p in art.iterdir()} == before
+    Artifact.load(art)
+
+
+def test_unknown_precision_or_method(art, elpv_paths):
+    with pytest.raises(InputError, match="precision 'int4'"):
+        add_variant(art, "int4")
+    with pytest.raises(InputError, match="calibration method 'kl'"):
+        add_variant(art, "int8", elpv_paths[:2], method="kl")
