@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -30,35 +30,41 @@ HISTORY_LIMIT = 20
 
 @dataclass
 class Scored:
-    """Scores (N,) and maps (N,H,W) of readable images; ``skipped`` lists (path, reason) of the others."""
+    """Scores (N,) and maps (N,H,W) of readable images; ``skipped`` lists (path, reason) of the others;
+    ``sizes`` the (height, width) of each kept image."""
 
     paths: list[Path]
     scores: np.ndarray
     maps: np.ndarray
     skipped: list[tuple[str, str]]
+    sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
 def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
     """Score every readable image; unreadable ones are skipped with a warning naming the file."""
-    kept, scores, maps, skipped = [], [], [], []
+    kept, scores, maps, skipped, sizes = [], [], [], [], []
     for path in paths:
         try:
-            result = inspector.inspect([read_image(path)])
+            frame = read_image(path)
+            result = inspector.inspect([frame])
         except InputError as exc:
             skipped.append((str(path), str(exc)))
             warnings.warn(f"skipped {exc}")
             continue
         kept.append(Path(path))
+        sizes.append(frame.shape[:2])
         scores.append(result.scores[0])
         maps.append(result.maps[0])
     if not kept:
         raise InputError(f"none of the {len(paths)} images could be read: {skipped[0][1] if skipped else 'no images'}")
-    return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped)
+    return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped, sizes)
 
 
-def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int]) -> np.ndarray:
+def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int],
+               image_sizes: Sequence[tuple[int, int]] | None = None) -> np.ndarray:
     """Ground-truth masks (N,H,W) bool, resized (nearest) to the map size; None → all good.
-    A mask of another aspect ratio cannot be aligned with its map: InputError naming it."""
+    A mask of another aspect ratio cannot be aligned with its map, and with ``image_sizes`` ((h, w)
+    per image) a mask must be exactly its image's size: InputError naming it."""
     import cv2
 
     masks = np.zeros((len(mask_paths), *shape), bool)
@@ -68,6 +74,10 @@ def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int]) -> np.
         mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         if mask is None:
             raise InputError(f"{path}: not a readable mask image")
+        if image_sizes is not None and tuple(mask.shape[:2]) != tuple(image_sizes[i]):
+            h, w = image_sizes[i]
+            raise InputError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, its image is {w}×{h}; "
+                             "a ground-truth mask must be the size of its image")
         if abs(mask.shape[0] / mask.shape[1] - shape[0] / shape[1]) > 0.01:
             raise InputError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]}, its aspect ratio does not match the "
                              f"model's {shape[1]}×{shape[0]} maps; masks must be the size of their images")
@@ -96,7 +106,8 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     val_pair = None
     if val is not None:
         labels = np.asarray(val[1], np.int8)
-        keep = [i for i, p in enumerate(val[0]) if Path(p) in set(val_scored.paths)]
+        scored_paths = set(val_scored.paths)
+        keep = [i for i, p in enumerate(val[0]) if Path(p) in scored_paths]
         val_pair = (labels[keep], val_scored.scores)
     good_scores = good_scored.scores if good_scored else val_pair[1][val_pair[0] == 0]
     result = compute_threshold(method, good_scores, val_pair, **params)
@@ -123,7 +134,7 @@ def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q:
     """Pixel threshold: F1-max over validation pixels when masks exist, else quantile ``q`` of good pixels."""
     masks_paths = val_spec[2] if val_spec else None
     if val is not None and masks_paths is not None:
-        masks = read_masks([masks_paths[i] for i in keep], val.maps.shape[1:])
+        masks = read_masks([masks_paths[i] for i in keep], val.maps.shape[1:], val.sizes)
         if masks.any():
             return float(f1_max(masks.ravel().astype(np.int8), val.maps.ravel())[1])
     if good is None:

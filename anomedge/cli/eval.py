@@ -34,8 +34,9 @@ def main(artifact, data, out, backend, precision, registry):
     with Inspector(loaded, backend, **extra) as inspector:
         scored = score_paths(inspector, paths)
         threshold = inspector.threshold
-    keep = [i for i, p in enumerate(paths) if Path(p) in set(scored.paths)]
-    masks = read_masks([mask_paths[i] for i in keep], scored.maps.shape[1:]) if mask_paths else None
+    scored_paths = set(scored.paths)
+    keep = [i for i, p in enumerate(paths) if Path(p) in scored_paths]
+    masks = read_masks([mask_paths[i] for i in keep], scored.maps.shape[1:], scored.sizes) if mask_paths else None
     evaluation = Evaluation(scored.paths, np.asarray(labels)[keep], scored.scores, scored.maps, masks, threshold,
                             loaded.metadata.thresholds.get("pixel"))
     metrics = write_report(evaluation, Path(out), f"{loaded.root.name} on {data} ({backend}, {precision})",
