@@ -29,6 +29,9 @@ from ..errors import InputError, SourceError
 from .preprocess import read_image
 
 log = logging.getLogger("anomedge.source")
+# FFmpeg's own messages (stream timeouts, HTTP errors) would only add noise: disconnects are logged
+# here and counted; set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv", ".flv", ".ts",
                   ".h264", ".h265", ".mjpg", ".mjpeg")
