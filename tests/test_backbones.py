@@ -68,7 +68,8 @@ def test_extractor_shapes_channels_strides(lite0, size):
     assert not lite0.training and not any(p.requires_grad for p in lite0.parameters())
     with torch.no_grad():
         outs = lite0(torch.randn(2, 3, size, size))
-    assert [tuple(o.shape) for o in outs] == [(2, c, size // s, size // s) for c, s in zip(lite0.channels, lite0.strides)]
+    expected = [(2, c, size // s, size // s) for c, s in zip(lite0.channels, lite0.strides)]
+    assert [tuple(o.shape) for o in outs] == expected
     assert all(o.dtype == torch.float32 for o in outs)
 
 

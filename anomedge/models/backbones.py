@@ -118,7 +118,8 @@ class BackboneSpec:
 class FeatureExtractor(torch.nn.Module):
     """EfficientNet/MobileNet-style timm model cut after its last stage.
 
-    forward: (N,3,H,W) → [(N,Cᵢ,⌈H/sᵢ⌉,⌈W/sᵢ⌉) for each stage]; runs conv_stem, bn1, blocks[0..max(stages)].
+    forward: (N,3,H,W) → [(N,Cᵢ,⌈H/sᵢ⌉,⌈W/sᵢ⌉) for each stage];
+    runs conv_stem, bn1, blocks[0..max(stages)] only.
     """
 
     def __init__(self, model: torch.nn.Module, stages: tuple[int, ...]):
