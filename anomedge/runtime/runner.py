@@ -108,7 +108,8 @@ class Runner:
         pixel = thresholds.get("pixel")
         self.pixel_threshold = float(pixel) if pixel is not None else self.threshold
         self.normalize = normalizer(thresholds, self.threshold)
-        self.heat_range = heat_range(thresholds, self.threshold if self.threshold is not None else 1.0)
+        calibrated = thresholds.get("image", self.threshold)  # colours stay calibrated under --threshold
+        self.heat_range = heat_range(thresholds, float(calibrated) if calibrated is not None else 1.0)
 
     def inspect(self, frame: Frame, dropped: int | None = None) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
         """One frame → (record, the inspected image (ROI applied) or None, its (h,w) anomaly map or None)."""
