@@ -64,8 +64,9 @@ def variants(only: list[str] | None) -> list[tuple[str, str, dict, str]]:
     for name in DETECTORS:  # detectors registered by others (autoencoders …): their defaults
         if name not in KNOWN:
             rows.append((name, name, {}, "defaults"))
-    if only:
-        rows = [r for r in rows if r[0] in only or r[1] in only]
+    if only:  # a row label selects that row; a detector name (that is not a label) all of its rows
+        labels = {r[0] for r in rows}
+        rows = [r for r in rows if r[0] in only or (r[1] in only and r[1] not in labels)]
     return rows
 
 
@@ -154,6 +155,7 @@ def main(argv=None) -> int:
                 entry["data"][data] = {"error": str(exc)}
             print(f"[{label} | {data}] {time.perf_counter() - start:.0f} s: {entry['data'][data]}", file=sys.stderr, flush=True)
         results.append(entry)
+        write_json(args.json, datasets, notes, results)  # after every row: a long run keeps what it measured
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -175,9 +177,13 @@ def main(argv=None) -> int:
     print(table)
     for n in notes:
         print(f"\nNote: {n}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"datasets": datasets, "notes": notes, "rows": results}, indent=1))
+    write_json(args.json, datasets, notes, results)
     return 0
+
+
+def write_json(path, datasets, notes, results) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({"datasets": datasets, "notes": notes, "rows": results}, indent=1))
 
 
 if __name__ == "__main__":
