@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import cv2
 import numpy as np
@@ -315,5 +315,3 @@ def crop_roi(image: np.ndarray, roi: tuple[int, int, int, int] | None) -> np.nda
         raise InputError(f"roi {x},{y},{w},{h} does not fit in the {width}x{height} frame; fix --roi")
     return image[y:y + h, x:x + w]
 
-
-AckCallback = Callable[[Frame], None]
