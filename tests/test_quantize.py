@@ -88,6 +88,27 @@ def test_failed_requantisation_keeps_the_existing_variant(art, tmp_path, elpv_pa
     Artifact.load(art)
 
 
+def activation_scales(model_path):
+    model = onnx.load(str(model_path))
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(init[n.input[1]]) for n in model.graph.node if n.op_type == "QuantizeLinear"
+            and init[n.input[1]].ndim == 0}
+
+
+@pytest.mark.slow
+def test_entropy_calibration_is_not_minmax(tiny_artifact, tmp_path, elpv_paths):
+    """onnxruntime's own entropy calibrator degenerates to MinMax (128 bins for 128 levels); ours must
+    clip some activation ranges (smaller scales), never widen them."""
+    scales = {}
+    for method in ("minmax", "entropy"):
+        root = tmp_path / method
+        shutil.copytree(tiny_artifact.root, root)
+        scales[method] = activation_scales(add_variant(root, "int8", elpv_paths[:6], method))
+    assert scales["minmax"].keys() == scales["entropy"].keys()
+    ratio = np.array([scales["entropy"][k] / scales["minmax"][k] for k in scales["minmax"]])
+    assert (ratio < 0.98).sum() >= 5 and (ratio <= 1 + 1e-6).all()
+
+
 def test_unknown_precision_or_method(art, elpv_paths):
     with pytest.raises(InputError, match="precision 'int4'"):
         add_variant(art, "int4")

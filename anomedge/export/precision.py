@@ -88,15 +88,40 @@ def to_int8(src: Path, dst: Path, artifact: Artifact, calibration: Sequence[Path
 
     # Intermediate models (pre-processed, augmented for calibration) live in a scratch folder, never
     # beside the artifact's hashed files.
+    calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                        "percentile": CalibrationMethod.Percentile}[method]
     with tempfile.TemporaryDirectory(prefix="anomedge-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         quant_pre_process(str(src), str(prepared), skip_symbolic_shape=True)
         check_nodes(prepared, exclude, src.name)
+        cache = entropy_ranges(prepared, Reader(), Path(scratch)) if method == "entropy" else None
         quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method={"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-                                          "percentile": CalibrationMethod.Percentile}[method],
-                        nodes_to_exclude=list(exclude))
+                        calibrate_method=calibrate_method, nodes_to_exclude=list(exclude),
+                        calibration_cache_path=cache)
+
+
+ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 512, 128
+
+
+def entropy_ranges(model: Path, reader, scratch: Path) -> Path:
+    """Entropy (KL) activation ranges as an onnxruntime calibration cache file.
+
+    ``quantize_static`` builds its entropy calibrator with 128 histogram bins for 128 quantised bins,
+    which leaves one candidate range: the full one, i.e. exactly MinMax (measured: identical scales).
+    Here the histogram has 512 bins searched down to 128 (192 candidate ranges per tensor); TensorRT's
+    2048 bins cost 5× the time in onnxruntime's Python search (50 s vs 10 s on the 64×64 test model)."""
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    calibrator = create_calibrator(model, [], augmented_model_path=str(scratch / "augmented.onnx"),
+                                   calibrate_method=CalibrationMethod.Entropy,
+                                   extra_options={"num_bins": ENTROPY_BINS,
+                                                  "num_quantized_bins": ENTROPY_QUANTIZED_BINS})
+    calibrator.collect_data(reader)
+    cache = scratch / "entropy_ranges.json"
+    save_tensors_data(calibrator.compute_data(), cache)
+    return cache
 
 
 VARIANTS: dict[str, Callable[..., None]] = {"fp16": to_fp16, "int8": to_int8}
