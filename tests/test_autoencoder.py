@@ -164,3 +164,21 @@ def test_history_summary_is_small():
     assert s["first_epoch_loss"] == 2.5 and s["final_epoch_loss"] == 0.75 and "step_loss" not in s
     with pytest.raises(InputError, match="batch_size"):
         TrainSettings(batch_size=0).check("x")
+
+
+@pytest.mark.slow  # one ONNX export
+def test_ssim_error_map_exports_and_matches_torch(tmp_path):
+    import onnxruntime as ort
+
+    from anomedge.export.onnx import export_onnx
+
+    detector = Autoencoder(AutoencoderConfig(**{**TINY, "error_map": "ssim", "map_sigma": 2.0}))
+    path = export_onnx(detector.graph(), detector.input_spec(), tmp_path / "m.onnx", detector.output_names)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.inference_mode():
+        ref_error, ref_recon = detector.graph()(x)
+    error, recon = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    assert error.shape == (2, 1, 32, 32)
+    np.testing.assert_allclose(error, ref_error.numpy(), rtol=1e-4, atol=1e-3 * float(ref_error.max()))
+    np.testing.assert_allclose(recon, ref_recon.numpy(), rtol=1e-4, atol=1e-5)
+    assert 0 <= float(ref_error.min()) and float(ref_error.max()) <= 1
