@@ -43,10 +43,10 @@ VIT_RANDOM = {"weights": "none", "image_size": 224, "blocks": [-1]}
 # (row label, detector, parameters, note)
 VARIANTS: list[tuple[str, str, dict, str]] = [
     ("patchcore", "patchcore", {}, ""),
-    ("padim", "padim", {}, ""),
+    ("padim", "padim", {}, "default: 14×14 grid (grid_pool 2)"),
     ("padim fp16", "padim", {"factor_dtype": "float16"}, ""),
-    ("padim pool2", "padim", {"grid_pool": 2}, "14×14 grid"),
-    ("padim fp16 pool2", "padim", {"factor_dtype": "float16", "grid_pool": 2}, ""),
+    ("padim full grid", "padim", {"grid_pool": 1}, "28×28 grid"),
+    ("padim fp16 full grid", "padim", {"factor_dtype": "float16", "grid_pool": 1}, ""),
     ("padim ridge", "padim", {"shrinkage": "none", "ridge": 0.01}, "paper: sample cov + 0.01·I"),
     ("padim top5%", "padim", {"reduction": {"name": "top_fraction_mean", "fraction": 0.05}}, ""),
     ("global_knn k=1", "global_knn", {"k": 1}, ""),

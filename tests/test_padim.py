@@ -64,7 +64,7 @@ def padim_artifacts(tmp_path_factory, elpv_paths):
     from anomedge.export.fit import fit_and_export
 
     out = {}
-    for name, params in {"fp32": {}, "fp16_pool2": {"factor_dtype": "float16", "grid_pool": 2}}.items():
+    for name, params in {"fp32": {"grid_pool": 1}, "fp16_pool2": {"factor_dtype": "float16", "grid_pool": 2}}.items():
         report = fit_and_export(elpv_paths[:20], "padim", {"image_size": 64, "n_channels": 24, **params},
                                 tmp_path_factory.mktemp("padim") / name, holdout=0.2, progress=False)
         out[name] = report.artifact
@@ -91,7 +91,7 @@ def test_factor_is_the_inverse_covariance(padim_artifacts, elpv_paths):
     from anomedge.models.features import extract
 
     art = padim_artifacts["fp32"]
-    det = Padim(PadimConfig(image_size=64, n_channels=24))
+    det = Padim(PadimConfig(image_size=64, n_channels=24, grid_pool=1))
     fit_paths = split_holdout(elpv_paths[:20], 0.2)[0]  # as fit_and_export split them
     feats = extract(det.graph(), fit_paths, det.input_spec(), 16, False)
     n, c, h, w = feats.shape
