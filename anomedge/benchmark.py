@@ -73,7 +73,9 @@ class Parity:
 def parity(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, maps: np.ndarray,
            threshold: float | None) -> Parity:
     rel = np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)
-    ranges = np.maximum(np.ptp(ref_maps.reshape(len(ref_maps), -1), axis=1), 1e-12)
+    flat = ref_maps.reshape(len(ref_maps), -1)
+    # relative to the map's range; a constant map (global detectors) falls back to 1e-6 of its level
+    ranges = np.maximum(np.ptp(flat, axis=1), np.maximum(1e-6 * np.abs(flat).max(axis=1), 1e-12))
     map_diff = np.abs(maps - ref_maps).reshape(len(maps), -1).max(axis=1) / ranges
     agree = 1.0 if threshold is None else float(np.mean((scores > threshold) == (ref_scores > threshold)))
     return Parity(float(rel.max()), float(map_diff.max()), agree, len(scores))

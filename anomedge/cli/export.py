@@ -9,7 +9,7 @@ from .common import one_line_errors, parse_params
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
-@click.option("--detector", default="patchcore", show_default=True, help="patchcore (more in `ad-export --list`).")
+@click.option("--detector", default="patchcore", show_default=True, help="patchcore | padim | vit | global_knn | kmeans | autoencoder | mae.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
 @click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")
