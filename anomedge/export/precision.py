@@ -1,11 +1,14 @@
 """Reduced-precision variants of ``model.onnx``, stored beside it and hashed like every artifact file.
 
 - ``fp16``: float16 weights and compute, float32 inputs/outputs (Cast at the boundaries), via
-  onnxruntime's float16 converter; ops numerically sensitive in half precision can stay float32
-  (``keep_float``).
+  onnxruntime's float16 converter; its default block list of ops unsafe in half precision always
+  stays float32, and nodes named in ``exclude`` too.
 - ``int8``: static quantisation into Q/DQ form (onnxruntime.quantization.quantize_static) from
-  calibration images, per-channel weights, MinMax / Entropy / Percentile calibration; nodes named
-  in ``exclude`` stay float (mixed precision). Q/DQ is also what TensorRT 10/11 consumes for INT8.
+  calibration images, per-channel weights, MinMax / Entropy (KL over a 512-bin histogram) /
+  Percentile calibration; nodes named in ``exclude`` stay float (mixed precision). Q/DQ is also what
+  TensorRT 10/11 consumes for INT8.
+
+Unknown ``exclude`` names are refused; a failure leaves the artifact folder as it was.
 
 ``add_variant(artifact_dir, precision, …)`` writes ``model.<precision>.onnx``, adds its sha256 to
 ``files`` and ``{precision: file}`` to ``model.variants`` in metadata.json (atomic rewrite).
@@ -152,8 +155,10 @@ def add_variant(artifact_dir: str | Path, precision: str, calibration: Sequence[
     meta = json.loads(before)
     meta["files"][dst.name] = sha256_file(dst)
     meta["model"].setdefault("variants", {})[precision] = dst.name
-    meta["model"].setdefault("variant_params", {})[precision] = {"method": method, "exclude": list(exclude),
-                                                                 "calibration_images": len(calibration)}
+    params = {"exclude": list(exclude)}
+    if precision == "int8":
+        params.update(method=method, calibration_images=len(calibration))
+    meta["model"].setdefault("variant_params", {})[precision] = params
     write_metadata(root, meta)
     return dst
 
