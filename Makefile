@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all install bench clean
+.PHONY: demo test test-fast install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(VENV)/bin/ad-demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" --timeout 600
+	$(PY) -m pytest -q --timeout 600
 
-test-all: $(STAMP)
-	$(PY) -m pytest -q --timeout 1200
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" --timeout 600
 
 clean:
 	rm -rf runs .pytest_cache
