@@ -34,6 +34,16 @@ def score_frames(inspector: Inspector, frames: Sequence[np.ndarray]) -> tuple[np
     return np.concatenate([r.scores for r in results]), np.concatenate([r.maps for r in results])
 
 
+def reference_and_runtime(artifact, frames: Sequence[np.ndarray], backend: str = "onnxruntime",
+                          reference: str = "torch", **options: Any):
+    """The same frames through the reference and a backend →
+    (ref_scores (N,), ref_maps (N,H,W), scores (N,), maps (N,H,W), the backend's threshold)."""
+    with Inspector(artifact, reference) as ref, Inspector(artifact, backend, **options) as run:
+        ref_scores, ref_maps = score_frames(ref, frames)
+        scores, maps = score_frames(run, frames)
+        return ref_scores, ref_maps, scores, maps, run.threshold
+
+
 @dataclass
 class Latency:
     stages_p50: dict[str, float]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from anomedge.artifact import Artifact
-from anomedge.benchmark import parity, score_frames
+from anomedge.benchmark import parity, reference_and_runtime
 from anomedge.errors import ArtifactError, InputError
 from anomedge.export.fit import fit_and_export
 from anomedge.models.autoencoder import Autoencoder, AutoencoderConfig
@@ -29,10 +29,7 @@ def ae_artifact(tmp_path_factory, elpv_paths):
 @pytest.mark.slow  # fits and exports a real artifact (module fixture)
 def test_runtime_matches_torch_reference(ae_artifact, elpv_paths):
     frames = [read_image(p) for p in elpv_paths[12:20]]
-    with Inspector(ae_artifact, "torch") as ref, Inspector(ae_artifact, "onnxruntime") as ort:
-        ref_scores, ref_maps = score_frames(ref, frames)
-        scores, maps = score_frames(ort, frames)
-        threshold = ort.threshold
+    ref_scores, ref_maps, scores, maps, threshold = reference_and_runtime(ae_artifact, frames)
     p = parity(ref_scores, ref_maps, scores, maps, threshold)
     assert p.max_rel_score_diff < 1e-4, p
     assert p.max_map_diff < 1e-3, p

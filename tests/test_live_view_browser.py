@@ -12,7 +12,6 @@ import time
 import urllib.request
 
 import cv2
-import numpy as np
 import pytest
 
 CODE = "from anomedge.cli.run import main; main()"

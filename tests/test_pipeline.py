@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anomedge.artifact import Artifact
-from anomedge.benchmark import parity, score_frames
+from anomedge.benchmark import parity, reference_and_runtime
 from anomedge.errors import ArtifactError, InputError
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.preprocess import read_image
@@ -16,10 +16,7 @@ from anomedge.runtime.preprocess import read_image
 
 def test_runtime_matches_torch_reference(tiny_artifact, elpv_paths):
     frames = [read_image(p) for p in elpv_paths[20:32]]
-    with Inspector(tiny_artifact, "torch") as ref, Inspector(tiny_artifact, "onnxruntime") as ort:
-        ref_scores, ref_maps = score_frames(ref, frames)
-        scores, maps = score_frames(ort, frames)
-        threshold = ort.threshold
+    ref_scores, ref_maps, scores, maps, threshold = reference_and_runtime(tiny_artifact, frames)
     p = parity(ref_scores, ref_maps, scores, maps, threshold)
     assert p.max_rel_score_diff < 1e-4, p
     assert p.max_map_diff < 1e-3, p

@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from anomedge.benchmark import parity, score_frames
+from anomedge.benchmark import parity, reference_and_runtime
 from anomedge.errors import InputError
 from anomedge.models.vit import ViTSpec, build_vit, spec_for_model, token_count
 from anomedge.models.vit_detector import ViTConfig, ViTDetector, whitening
-from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.preprocess import read_image
 
 TINY = {"weights": "none", "image_size": 56, "model_kwargs": {"depth": 2}, "blocks": [0, 1]}
@@ -118,10 +117,7 @@ def vit_artifacts(tmp_path_factory, elpv_paths):
 def test_runtime_matches_torch_reference(vit_artifacts, elpv_paths, name):
     art = vit_artifacts[name]
     frames = [read_image(p) for p in elpv_paths[20:30]]
-    with Inspector(art, "torch") as ref, Inspector(art, "onnxruntime") as ort:
-        ref_scores, ref_maps = score_frames(ref, frames)
-        scores, maps = score_frames(ort, frames)
-        threshold = ort.threshold
+    ref_scores, ref_maps, scores, maps, threshold = reference_and_runtime(art, frames)
     np.testing.assert_allclose(scores, ref_scores, rtol=1e-4)
     assert ((scores > threshold) == (ref_scores > threshold)).all()
     assert maps.shape == (10, 56, 56) and np.ptp(scores) > 0
