@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InputError
-from .backbones import IMAGENET_MEAN, IMAGENET_STD, file_sha256, read_state_dict, weights_path
+from .backbones import IMAGENET_MEAN, IMAGENET_STD, file_sha256, load_state, read_state_dict, weights_path
 
 VIT_MODELS = ("vit_small_patch14_dinov2", "vit_base_patch14_dinov2", "vit_base_patch16_224.mae",
               "swin_tiny_patch4_window7_224")
@@ -115,13 +115,7 @@ def load_vit_weights(model: torch.nn.Module, weights: str) -> None:
     filt = _checkpoint_filter(model)
     if filt is not None:
         state = filt(state, model)
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    if missing or unexpected:
-        raise InputError(f"{weights}: does not fit {type(model).__name__} — missing {missing[:3]}…({len(missing)}), "
-                         f"unexpected {unexpected[:3]}…({len(unexpected)})")
-    model.load_state_dict(state, strict=True)
+    load_state(model, state, weights)  # the same strict key + shape checks as the CNN backbones
 
 
 def build_vit(spec: ViTSpec) -> ViTPatchFeatures:
