@@ -185,6 +185,7 @@ def write_metadata(root: Path, metadata: dict[str, Any]) -> None:
     """Atomically write ``metadata.json`` (temp file, fsync, rename)."""
     text = json.dumps(metadata, indent=2, sort_keys=False) + "\n"
     fd, tmp = tempfile.mkstemp(prefix=".metadata.", dir=root)
+    os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; a non-root runtime must still read the artifact
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(text)

@@ -80,3 +80,11 @@ def test_object_arrays_never_unpickle(tmp_path):
 def test_unknown_file_name(tmp_path):
     with pytest.raises(ArtifactError, match="has no 'mean.npy'"):
         _write(tmp_path).path("mean.npy")
+
+
+def test_metadata_stays_world_readable_after_rewrites(tmp_path):
+    import stat
+
+    art = _write(tmp_path)
+    write_metadata(tmp_path, art.metadata.to_dict())
+    assert stat.S_IMODE((tmp_path / "metadata.json").stat().st_mode) == 0o644
