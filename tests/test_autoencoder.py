@@ -42,6 +42,14 @@ def test_runtime_matches_torch_reference(ae_artifact, elpv_paths):
 
 
 @pytest.mark.slow  # fits and exports a real artifact (module fixture)
+def test_export_writes_the_loss_curve_beside_the_hashed_files(ae_artifact):
+    png = ae_artifact.root / "loss_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "loss_curve.png" not in ae_artifact.metadata.files  # a training record: the runtime never reads it
+    assert Artifact.load(ae_artifact.root).metadata.files == ae_artifact.metadata.files
+
+
+@pytest.mark.slow  # fits and exports a real artifact (module fixture)
 def test_graph_outputs_error_and_reconstruction(ae_artifact, elpv_paths):
     with Inspector(ae_artifact, "onnxruntime") as ort:
         out = ort.stages.infer(ort.stages.preprocess([read_image(elpv_paths[0])]))

@@ -95,3 +95,54 @@ def test_eval_report_folder(variants, tmp_path):
     assert (out / "curves.png").stat().st_size > 10_000
     html = (out / "report.html").read_text()
     assert "curves.png" in html and "worst_good_0.png" in html and (out / "worst_good_0.png").is_file()
+
+
+def test_int8_without_qdq_fusion_is_the_graphs_own_arithmetic(variants, elpv_paths):
+    """qdq_fusion=off must equal the Q/DQ graph run op by op (all graph optimisations off): the
+    reference semantics of the variant, which fused integer kernels on non-VNNI x86 depart from."""
+    import onnxruntime as ort
+
+    from anomedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from anomedge.runtime.preprocess import preprocess
+
+    batch = preprocess([read_image(p) for p in elpv_paths[20:24]], variants.metadata.input)
+    with OnnxRuntimeBackend(variants, precision="int8", qdq_fusion="off") as backend:
+        got = backend.infer(batch)
+        assert backend.qdq_fused is False
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(variants.path("model.int8.onnx")), options, providers=["CPUExecutionProvider"])
+    want = session.run(None, {session.get_inputs()[0].name: batch})
+    for name, value in zip([o.name for o in session.get_outputs()], want):
+        # Float re-association flips a rounding tie now and then: one output step (a few % of the range)
+        # on a few % of the values. Measured here: max 3.2 %, RMS 0.28 % of the range; fused non-VNNI
+        # kernels: max 56 %, RMS 7.7 %.
+        diff, scale = np.abs(got[name] - value), np.abs(value).max()
+        assert diff.max() < 0.05 * scale and np.sqrt((diff ** 2).mean()) < 0.01 * scale, (name, diff.max() / scale)
+
+
+@pytest.mark.parametrize("flags, saturate", [
+    ("fpu sse2 avx2 fma", True),                    # AVX2 only (e.g. Zen 2/3): VPMADDUBSW path
+    ("fpu avx2 avx512f avx512bw", True),            # AVX-512 without VNNI (Skylake-SP)
+    ("fpu avx2 avx512f avx512_vnni", False),        # Cascade Lake and later
+    ("fpu avx2 avx_vnni", False),                   # Alder Lake
+])
+def test_int8_saturation_is_read_from_the_cpu_flags(tmp_path, monkeypatch, flags, saturate):
+    import platform
+
+    from anomedge.runtime.backends.onnxruntime import int8_kernels_saturate
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert int8_kernels_saturate(str(info)) is saturate
+    assert int8_kernels_saturate(str(tmp_path / "missing")) is False  # unknown: leave onnxruntime's default
+    monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+    assert int8_kernels_saturate(str(info)) is False
+
+
+def test_bad_qdq_fusion_is_an_input_error(variants):
+    from anomedge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    with pytest.raises(Exception, match="qdq_fusion 'maybe'"):
+        OnnxRuntimeBackend(variants, precision="int8", qdq_fusion="maybe")

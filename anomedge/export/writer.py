@@ -17,6 +17,7 @@ def write_detector(detector: Detector, out: str | Path, thresholds: dict[str, An
     blocks = detector.metadata_blocks()
     export_onnx(detector.graph(), blocks["input"], out / "model.onnx", detector.output_names)
     extra = detector.write_files(out)
+    detector.write_training_record(out)
     metadata = Metadata(detector=detector.name, input=blocks["input"], outputs=blocks["outputs"],
                         scoring=blocks["scoring"], postprocess=blocks["postprocess"], model=blocks["model"],
                         thresholds=thresholds or {}, files={name: "" for name in ["model.onnx", *extra]})

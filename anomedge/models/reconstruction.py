@@ -30,6 +30,7 @@ from .detector import Detector
 from .training import History, TrainSettings, train
 
 WEIGHTS = "weights.safetensors"
+LOSS_CURVE = "loss_curve.png"  # training record beside the artifact files (not hashed)
 ERROR_MAPS = ("mse", "ssim")
 REDUCTIONS = ("mean", "max", "top_fraction_mean")
 MEAN = STD = 0.5
@@ -225,6 +226,13 @@ class ReconstructionDetector(Detector):
         state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(Path(out) / WEIGHTS), metadata={"detector": self.name})
         return [WEIGHTS]
+
+    def write_training_record(self, out: Path) -> list[str]:
+        from .training import save_loss_curve
+
+        self._require_fitted()
+        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: training loss")
+        return [LOSS_CURVE]
 
     def model_block(self) -> dict[str, Any]:
         return {"architecture": self.architecture(), "weights": WEIGHTS}
