@@ -154,7 +154,11 @@ def main(argv=None) -> int:
     ap.add_argument("--parity-frames", type=int, default=24)
     ap.add_argument("--json", default="runs/detector_table.json")
     ap.add_argument("--keep", default="", help="keep artifacts under this folder (default: temporary)")
+    ap.add_argument("--render", nargs="+", metavar="JSON", help="print one table from saved JSON files; measure nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        print(render_saved(args.render))
+        return 0
 
     cells = [c for c in args.cells.split(",") if c]
     datasets = [f"elpv:{c}" for c in cells]
@@ -181,6 +185,15 @@ def main(argv=None) -> int:
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 
+    print(render(datasets, results))
+    for n in notes:
+        print(f"\nNote: {n}")
+    write_json(args.json, datasets, notes, results)
+    return 0
+
+
+def render(datasets: list[str], results: list[dict]) -> str:
+    """The markdown table of ``results`` rows (fit time, latency and parity from the first data set)."""
     syn = next((d for d in datasets if d.startswith("synthetic")), None)
     head = ["detector", "ELPV mono AUROC", "ELPV poly AUROC", "synthetic img AUROC", "synthetic pixel AUROC",
             "artifact MB", "fit s", "p50 ms (ort)", "p50 ms (torch)", "max |Δscore|", "max rel Δscore", "note"]
@@ -190,18 +203,23 @@ def main(argv=None) -> int:
         first = d.get(datasets[0], {}) if datasets else {}
         mono, poly, s = d.get("elpv:mono", {}), d.get("elpv:poly", {}), d.get(syn, {}) if syn else {}
         err = "; ".join(f"{k}: {v['error']}" for k, v in d.items() if "error" in v)
-        cells_ = [e["row"], fmt(mono.get("auroc"), ".3f"), fmt(poly.get("auroc"), ".3f"), fmt(s.get("auroc"), ".3f"),
-                  fmt(s.get("pixel_auroc"), ".3f"), fmt(first.get("size_mb"), ".2f"), fmt(first.get("fit_s"), ".1f"),
-                  fmt(first.get("p50_ms"), ".1f"), fmt(first.get("torch_p50_ms"), ".1f"),
-                  fmt(first.get("max_abs_dscore"), ".2e"),
-                  fmt(first.get("max_rel_dscore"), ".1e"), "; ".join(x for x in (e["note"], err) if x)]
-        lines.append("| " + " | ".join(cells_) + " |")
-    table = "\n".join(lines)
-    print(table)
-    for n in notes:
-        print(f"\nNote: {n}")
-    write_json(args.json, datasets, notes, results)
-    return 0
+        cells = [e["row"], fmt(mono.get("auroc"), ".3f"), fmt(poly.get("auroc"), ".3f"), fmt(s.get("auroc"), ".3f"),
+                 fmt(s.get("pixel_auroc"), ".3f"), fmt(first.get("size_mb"), ".2f"), fmt(first.get("fit_s"), ".1f"),
+                 fmt(first.get("p50_ms"), ".1f"), fmt(first.get("torch_p50_ms"), ".1f"),
+                 fmt(first.get("max_abs_dscore"), ".2e"),
+                 fmt(first.get("max_rel_dscore"), ".1e"), "; ".join(x for x in (e["note"], err) if x)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_saved(paths: list[str]) -> str:
+    """One table from the JSON files of several runs (e.g. a long run resumed with ``--only``)."""
+    datasets, results = [], []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        datasets += [d for d in saved["datasets"] if d not in datasets]
+        results += saved["rows"]
+    return render(datasets, results)
 
 
 def write_json(path, datasets, notes, results) -> None:

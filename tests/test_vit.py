@@ -137,3 +137,34 @@ def test_artifact_shapes(vit_artifacts):
     assert maha.array("whiten.npy").shape == (32, 768) and maha.array("bank.npy").shape == (1, 32)
     assert not maha.array("bank.npy").any()
     assert vit_artifacts["image-maha"].metadata.outputs["features"]["shape"] == ["N", 8, 1, 1]
+
+
+@pytest.mark.slow  # fits and exports a real artifact (module fixture)
+def test_exported_vit_takes_any_batch(vit_artifacts, elpv_paths):
+    """torch.export specialises a size-1 example batch; a ViT graph (class token expanded to the batch)
+    then came out fixed at batch 1. A batch of 3 must give the three single-frame answers."""
+    import onnx
+
+    from anomedge.runtime.pipeline import Inspector
+
+    art = vit_artifacts["patch-cosine"]
+    dim = onnx.load(str(art.path("model.onnx"))).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.HasField("dim_value")
+    frames = [read_image(p) for p in elpv_paths[20:23]]
+    with Inspector(art, "onnxruntime") as insp:
+        together = insp.inspect(frames)
+        alone = [insp.inspect([f]) for f in frames]
+    np.testing.assert_allclose(together.scores, np.concatenate([a.scores for a in alone]), rtol=1e-5)
+    np.testing.assert_allclose(together.maps, np.concatenate([a.maps for a in alone]), rtol=1e-4, atol=1e-5)
+
+
+def test_export_refuses_a_graph_that_fixes_the_batch(tmp_path):
+    from anomedge.artifact import InputSpec
+    from anomedge.export.onnx import export_onnx
+
+    class FixedBatch(torch.nn.Module):  # reshapes to a literal batch of 2: the export cannot stay dynamic
+        def forward(self, x):
+            return x.reshape(2, 3, 8, 8) * 2
+
+    with pytest.raises(InputError, match="fixes the batch"):
+        export_onnx(FixedBatch(), InputSpec(name="image", height=8, width=8), tmp_path / "m.onnx", ["y"])
