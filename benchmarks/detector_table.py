@@ -196,7 +196,7 @@ def render(datasets: list[str], results: list[dict]) -> str:
     """The markdown table of ``results`` rows (fit time, latency and parity from the first data set)."""
     syn = next((d for d in datasets if d.startswith("synthetic")), None)
     head = ["detector", "ELPV mono AUROC", "ELPV poly AUROC", "synthetic img AUROC", "synthetic pixel AUROC",
-            "artifact MB", "fit s", "p50 ms (ort)", "p50 ms (torch)", "max |Δscore|", "max rel Δscore", "note"]
+            "artifact MB", "fit s", "p50 ms (ort)", "p50 ms (torch)", "max abs Δscore", "max rel Δscore", "note"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for e in results:
         d = e["data"]
