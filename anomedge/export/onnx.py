@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 
 from ..artifact import InputSpec
+from ..errors import InputError
 
 OPSET = 18
 
@@ -41,8 +42,6 @@ def check_dynamic_batch(path: Path) -> None:
     """Guard: the exporter falls back quietly when torch.export fails, and the fallback
     can fix the batch at the example's size; refuse such a file rather than ship it."""
     import onnx
-
-    from ..errors import InputError
 
     graph = onnx.load(str(path), load_external_data=False).graph
     fixed = [v.name for v in [*graph.input, *graph.output] if v.type.tensor_type.shape.dim

@@ -56,10 +56,9 @@ class Detector(ABC):
         return their names so they are hashed. Default: none."""
         return []
 
-    def write_training_record(self, out: Path) -> list[str]:
-        """Write what a person reads about the fit (e.g. ``loss_curve.png``) into ``out``; return the names.
-        Not hashed and never read by the runtime. Default: none."""
-        return []
+    def write_training_record(self, out: Path) -> None:
+        """Write what a person reads about the fit (e.g. ``loss_curve.png``) into ``out``. Not hashed and
+        never read by the runtime. Default: nothing."""
 
     @classmethod
     @abstractmethod

@@ -227,12 +227,11 @@ class ReconstructionDetector(Detector):
         save_file(state, str(Path(out) / WEIGHTS), metadata={"detector": self.name})
         return [WEIGHTS]
 
-    def write_training_record(self, out: Path) -> list[str]:
+    def write_training_record(self, out: Path) -> None:
         from .training import save_loss_curve
 
         self._require_fitted()
         save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: training loss")
-        return [LOSS_CURVE]
 
     def model_block(self) -> dict[str, Any]:
         return {"architecture": self.architecture(), "weights": WEIGHTS}
