@@ -167,3 +167,29 @@ def measure_tolerance(artifact: Artifact, precision: str, backend: str = "onnxru
     tol = Tolerance(max(MARGIN * par.max_rel_score_diff, SCORE_FLOOR), max(MARGIN * par.max_map_diff, MAP_FLOOR),
                     par.decision_agreement)
     return {"tolerance": asdict(tol), "measured": asdict(par), "backend": f"{backend} cpu"}
+
+
+def startup_check(inspector, skip: bool = False) -> dict[str, Any]:
+    """ad-run's start-up proof on the golden frames → a summary for ``/api/status``.
+
+    Raises ArtifactError (one line, exit 2) when the run is outside tolerance; an artifact without
+    golden frames logs one warning and continues; ``skip`` (``--skip-verify``) runs nothing."""
+    import logging
+
+    if skip:
+        return {"status": "skipped", "note": "--skip-verify"}
+    gold = golden(inspector.artifact)
+    if gold is None:
+        logging.getLogger("anomedge").warning("%s; start-up verification skipped",
+                                              NO_GOLDEN.format(root=inspector.artifact.root))
+        return {"status": "no golden frames"}
+    result = verify_inspector(inspector, gold)
+    if result.failed:
+        p, t = result.parity, result.tolerance
+        raise ArtifactError(
+            f"{inspector.artifact.root}: start-up verification failed on {p.n} golden frames ({result.backend} "
+            f"{result.precision}, placement {result.placement}): max rel Δscore {p.max_rel_score_diff:.2e} "
+            f"(tolerance {t.score_rel:.0e}), map {p.max_map_diff:.2e} ({t.map:.0e}), agreement "
+            f"{p.decision_agreement:.3f} ({t.agreement:.3f}); see ad-verify {inspector.artifact.root}, "
+            "or pass --skip-verify to inspect anyway")
+    return result.to_dict()
