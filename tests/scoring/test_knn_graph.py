@@ -57,3 +57,14 @@ def test_bad_shapes():
         OnnxKnnIndex(np.zeros((4, 8), np.float32), 5, b"")
     with pytest.raises(InputError, match=r"expected \(P,3\)"):  # a graph built for another k
         OnnxKnnIndex(np.zeros((4, 8), np.float32), 3, build_knn_search(np.zeros((4, 8), np.float32), 1).SerializeToString())
+
+
+def test_exported_knn_graph_matches_the_oracle(tiny_artifact):
+    """The knn.onnx the exporter shipped in the artifact, on queries near its bank rows."""
+    bank = tiny_artifact.array("bank.npy")
+    k = int(tiny_artifact.metadata.scoring.get("k", 1))
+    rng = np.random.default_rng(5)
+    q = (bank[rng.integers(0, len(bank), 64)] + rng.normal(scale=0.1, size=(64, bank.shape[1]))).astype(np.float32)
+    ours = OnnxKnnIndex(bank, k, tiny_artifact.path("knn.onnx")).search(q, k)
+    ref = oracle(q, bank.astype(np.float32), k)
+    np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * ref.max())
