@@ -70,12 +70,17 @@ def _nearest_row(root) -> int:
     return int(np.bincount(rows).argmax())
 
 
-def test_ad_verify_fails_when_a_bank_row_is_perturbed_and_its_hash_updated(artifact_copy):
-    row = _nearest_row(artifact_copy)
-    bank = np.load(artifact_copy / "bank.npy")
+def _perturb_a_bank_row(root) -> None:
+    """Move the most used bank row by 3 standard deviations and update its hash: a tamper hashing cannot see."""
+    row = _nearest_row(root)
+    bank = np.load(root / "bank.npy")
     bank[row] += 3.0 * bank.std()
-    np.save(artifact_copy / "bank.npy", bank)
-    rehash(artifact_copy, "bank.npy")
+    np.save(root / "bank.npy", bank)
+    rehash(root, "bank.npy")
+
+
+def test_ad_verify_fails_when_a_bank_row_is_perturbed_and_its_hash_updated(artifact_copy):
+    _perturb_a_bank_row(artifact_copy)
     Artifact.load(artifact_copy)  # the hashes alone see nothing wrong
     result = CliRunner().invoke(ad_verify, [str(artifact_copy), "--knn-kernel", "numpy"])
     assert result.exit_code == 1, result.output
@@ -128,11 +133,7 @@ def test_ad_run_without_onnx_runs_the_onnxruntime_kernel(tiny_artifact, elpv_pat
 
 
 def test_ad_run_refuses_a_tampered_bank_unless_skip_verify(artifact_copy, elpv_paths):
-    row = _nearest_row(artifact_copy)
-    bank = np.load(artifact_copy / "bank.npy")
-    bank[row] += 3.0 * bank.std()
-    np.save(artifact_copy / "bank.npy", bank)
-    rehash(artifact_copy, "bank.npy")
+    _perturb_a_bank_row(artifact_copy)
     refused = _ad_run(artifact_copy, "--source", elpv_paths[30], "--knn-kernel", "numpy", "--quiet")
     assert refused.returncode == 2
     assert refused.stderr.count("\n") == 1 and "start-up verification failed" in refused.stderr

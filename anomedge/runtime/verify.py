@@ -123,7 +123,7 @@ class VerifyResult:
                 "max rel Δscore": "-" if p is None else f"{p.max_rel_score_diff:.2e}",
                 "max |Δmap|/range": "-" if p is None else f"{p.max_map_diff:.2e}",
                 "agree": "-" if p is None else f"{p.decision_agreement:.3f}",
-                "tolerance": "-" if t is None else f"{t.score_rel:.0e} / {t.map:.0e} / {t.agreement:.3f}",
+                "tolerance": "-" if t is None else f"{t.score_rel:.1e} / {t.map:.1e} / {t.agreement:.3f}",
                 "status": self.status + (f" ({self.note})" if self.note else "")}
 
 
