@@ -149,3 +149,32 @@ def test_ad_run_without_golden_frames_warns_and_continues(artifact_copy, elpv_pa
     result = _ad_run(artifact_copy, "--source", elpv_paths[30], "--quiet")
     assert result.returncode == 0, result.stderr
     assert "no golden frames" in result.stderr and "verification skipped" in result.stderr
+
+
+def test_api_status_reports_the_start_up_verification(tiny_artifact):
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from anomedge.cli.run import main; main()", str(tiny_artifact.root),
+                             "--serve", f"127.0.0.1:{port}", "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline, status = time.monotonic() + 90, None
+        while status is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=2) as response:
+                    status = json.loads(response.read())
+            except OSError:
+                time.sleep(0.3)
+        assert status is not None, proc.stderr.read() if proc.poll() is not None else "no answer"
+        verify = status["verify"]
+        assert (verify["status"], verify["backend"], verify["precision"]) == ("pass", "onnxruntime", "fp32")
+        assert verify["parity"]["max_rel_score_diff"] < 1e-4 and verify["parity"]["n"] == len(golden(tiny_artifact).scores)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
