@@ -178,3 +178,21 @@ def test_api_status_reports_the_start_up_verification(tiny_artifact):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
+
+
+def test_an_old_artifact_is_upgraded_in_place(artifact_copy, elpv_paths):
+    """python -m anomedge.export.writer ARTIFACT --golden …: knn.onnx and golden frames added, hashed, verified."""
+    pytest.importorskip("onnx")
+    from anomedge.export.writer import main as upgrade
+
+    meta = json.loads((artifact_copy / METADATA).read_text())
+    for name in ["knn.onnx", *GOLDEN_FILES.values()]:
+        del meta["files"][name]
+        (artifact_copy / name).unlink()
+    del meta["model"]["golden"]
+    (artifact_copy / METADATA).write_text(json.dumps(meta))
+    upgrade([str(artifact_copy), "--golden", *map(str, elpv_paths[20:24])])
+    artifact = Artifact.load(artifact_copy)
+    assert artifact.has("knn.onnx") and golden(artifact) is not None
+    result = CliRunner().invoke(ad_verify, [str(artifact_copy), "--knn-kernel", "onnxruntime"])
+    assert result.exit_code == 0 and " pass" in result.output, result.output
