@@ -23,7 +23,7 @@ import numpy as np
 from anomedge.artifact import METADATA, Artifact, write_metadata
 from anomedge.benchmark import latency, score_frames
 from anomedge.errors import AnomedgeError
-from anomedge.export.scoring_head import GRAPH_FILE, add_graph_placement, graph_view
+from anomedge.export.writer import add_graph_placement
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.preprocess import read_image
 
@@ -56,9 +56,8 @@ def main() -> None:
         label = backend + (f" {options['precision']}" if options else "")
         results = {}
         for placement in ("host", "graph"):
-            art, extra = (artifact, {}) if placement == "host" else (graph_view(artifact), {"model_file": GRAPH_FILE})
             try:
-                with Inspector(art, backend, threads=args.threads, **options, **extra) as inspector:
+                with Inspector(artifact, backend, threads=args.threads, placement=placement, **options) as inspector:
                     scores, _ = score_frames(inspector, frames)
                     lat = latency(inspector, frames, args.runs, 10)
             except AnomedgeError as exc:

@@ -39,3 +39,37 @@ def tiny_artifact(tmp_path_factory, elpv_paths):
     report = fit_and_export(elpv_paths[:20], "patchcore", {"image_size": 64, "coreset_fraction": 0.25},
                             out, holdout=0.2, progress=False)
     return report.artifact
+
+
+@pytest.fixture()
+def artifact_copy(tiny_artifact, tmp_path) -> Path:
+    """A writable copy of ``tiny_artifact``'s folder (for tamper and upgrade tests); no kernel cache."""
+    import shutil
+
+    root = tmp_path / "artifact"
+    shutil.copytree(tiny_artifact.root, root, ignore=shutil.ignore_patterns(".cache"))
+    return root
+
+
+def rehash(root: Path, *names: str) -> None:
+    """Update the sha256 of ``names`` in ``root``'s metadata.json, as a tamper that knows the format would."""
+    import json
+
+    from anomedge.artifact import METADATA, sha256_file, write_metadata
+
+    meta = json.loads((root / METADATA).read_text())
+    for name in names:
+        meta["files"][name] = sha256_file(root / name)
+    write_metadata(root, meta)
+
+
+@pytest.fixture(scope="session")
+def no_onnx_pythonpath(tmp_path_factory) -> str:
+    """A PYTHONPATH entry whose sitecustomize makes onnx, torch, timm and sklearn unimportable — the
+    edge's base install — followed by the checkout under test."""
+    import anomedge
+
+    shim = tmp_path_factory.mktemp("no_onnx")
+    (shim / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('onnx', 'torch', 'timm', 'sklearn', 'torchvision'):\n    sys.modules[name] = None\n")
+    return f"{shim}{__import__('os').pathsep}{Path(anomedge.__file__).parent.parent}"

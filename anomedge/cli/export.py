@@ -96,7 +96,7 @@ def _use_graph_placement(root) -> None:
     import json
 
     from ..artifact import METADATA, write_metadata
-    from ..export.scoring_head import add_graph_placement
+    from ..export.writer import add_graph_placement
 
     add_graph_placement(root)
     meta = json.loads((root / METADATA).read_text())

@@ -63,7 +63,7 @@ def fit_and_export(train: Sequence[Path], detector: str, params: dict[str, Any],
     model.fit(fit_paths)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    artifact = write_detector(model, out)
+    artifact = write_detector(model, out, golden_images=[*hold_paths, *fit_paths])
     export_seconds = time.perf_counter() - start
     threshold = None
     if hold_paths:

@@ -159,6 +159,11 @@ def add_variant(artifact_dir: str | Path, precision: str, calibration: Sequence[
     if precision == "int8":
         params.update(method=method, calibration_images=len(calibration))
     meta["model"].setdefault("variant_params", {})[precision] = params
+    from ..artifact import Metadata
+    from ..runtime.verify import measure_tolerance
+
+    # ad-verify's tolerance for this variant: measured now on the golden frames (None without them).
+    params["verify_tolerance"] = measure_tolerance(Artifact(root, Metadata.from_dict(meta)), precision)
     write_metadata(root, meta)
     return dst
 
