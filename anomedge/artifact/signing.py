@@ -91,6 +91,11 @@ def _read_key(path: str | os.PathLike, private: bool):
     return key
 
 
+def check_private_key(path: str | os.PathLike) -> None:
+    """Raise InputError / BackendUnavailable now if ``path`` is not a usable ed25519 private key."""
+    _read_key(path, private=True)
+
+
 def _raw_public(key) -> bytes:
     serialization, _ = _crypto()
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)

@@ -23,12 +23,11 @@ joins it to ``model.onnx`` with onnx.compose (one graph, no host round-trip);
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..artifact import Artifact
 from ..errors import ArtifactError, InputError
 from ..runtime.heads import graph_view  # noqa: F401  (re-exported: the runtime owns it)
 
@@ -235,8 +234,7 @@ def add_graph_placement(artifact_dir: str | Path, merged: bool = True, with_map:
     onnx.checker.check_model(model)
     dst = root / (GRAPH_FILE if merged else "head.onnx")
     onnx.save(model, str(dst))
-    meta = json.loads((root / METADATA).read_text())
-    meta["files"][dst.name] = sha256_file(dst)
-    meta["scoring"]["graph_model" if merged else "graph_head"] = dst.name
-    write_metadata(root, meta)
+    with Artifact.edit(root) as edit:
+        edit.add_file(dst.name)
+        edit.meta["scoring"]["graph_model" if merged else "graph_head"] = dst.name
     return dst
