@@ -217,3 +217,68 @@ def test_write_metadata_restamps_what_it_writes(graph_artifact):
     raw["postprocess"]["blur_sigma"] = 3.0
     written = write_metadata(graph_artifact, raw)
     assert written["spec_sha256"] == spec_digests(written) != raw["spec_sha256"]
+
+
+# --- fuzz: any value in any field, any byte of the graph or the array header ---------------------------------
+
+HOSTILE_VALUES = [None, -1, 0, 1e308, float("nan"), float("-inf"), "x" * 300, "", [], {}, True, [[[]]], 2**70, "../x"]
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield path + (k,)
+            yield from _leaves(v, path + (k,))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield path + (i,)
+            yield from _leaves(v, path + (i,))
+
+
+def test_fuzzed_metadata_fields_load_or_fail_with_one_artifact_error(graph_artifact):
+    """Every field set to each hostile value (spec re-hashed): Artifact.load loads or raises one ArtifactError
+    line; never another exception. The ones that load must still be runnable values (checked by type)."""
+    import copy
+
+    pristine = load_raw(graph_artifact)
+    paths = [p for p in _leaves(pristine) if p[0] != "spec_sha256"]
+    refused = 0
+    for path in paths:
+        for value in HOSTILE_VALUES:
+            raw = copy.deepcopy(pristine)
+            node = raw
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            write_metadata(graph_artifact, raw)
+            try:
+                art = Artifact.load(graph_artifact)
+            except ArtifactError as exc:
+                assert "\n" not in str(exc)
+                refused += 1
+                continue
+            spec = art.metadata.input  # what the runtime reads is still well-typed
+            assert 1 <= spec.height <= 8192 and all(np.isfinite(spec.mean)) and min(spec.std) > 0
+            assert 0 <= art.metadata.postprocess["blur_sigma"] <= 64
+    write_metadata(graph_artifact, pristine)
+    Artifact.load(graph_artifact)
+    assert refused > len(paths)  # most hostile values are refused
+
+
+def test_fuzzed_graph_and_header_bytes_never_escape_as_other_exceptions(graph_artifact):
+    rng = np.random.default_rng(7)
+    for name, span in (("model.onnx", None), ("bank.npy", 128)):
+        path = graph_artifact / name
+        good = path.read_bytes()
+        for _ in range(60):
+            data = bytearray(good)
+            for i in rng.integers(0, span or len(data), 4):
+                data[i] = int(rng.integers(0, 256))
+            path.write_bytes(bytes(data))
+            rewrite(graph_artifact, lambda raw: raw["files"].__setitem__(name, sha256_file(path)))
+            try:
+                Artifact.load(graph_artifact)
+            except ArtifactError as exc:
+                assert "\n" not in str(exc)
+        path.write_bytes(good)
+        rewrite(graph_artifact, lambda raw: raw["files"].__setitem__(name, sha256_file(path)))

@@ -108,15 +108,15 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], np.dtype]:
                 shape, _, dtype = readers[version](handle, max_header_size=10000)
             except TypeError:  # numpy < 1.24 has no max_header_size (its header is bounded by the file)
                 shape, _, dtype = readers[version](handle)
-        except (ValueError, SyntaxError, EOFError, OverflowError) as exc:
+        except Exception as exc:  # numpy's header parser raises ValueError, SyntaxError, tokenize.TokenError, …
             raise ArtifactError(f"{path}: not a plain .npy array ({str(exc).splitlines()[0][:120]}); "
                                 "copy the file again or re-export") from None
         offset = handle.tell()
     if dtype.hasobject or dtype.names is not None or dtype.subdtype is not None or dtype.kind not in _NPY_DTYPE_KINDS:
         raise ArtifactError(f"{path}: not a plain .npy array (dtype {dtype}, expected numbers; objects are never "
                             "unpickled); re-export")
-    if len(shape) > 4:
-        raise ArtifactError(f"{path}: {len(shape)}-D array, at most 4-D expected; re-export")
+    if len(shape) > 4 or any(d < 0 for d in shape):
+        raise ArtifactError(f"{path}: shape {tuple(shape)}, expected at most 4 non-negative dims; re-export")
     expected = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
     if expected != size:
         raise ArtifactError(f"{path}: header says {tuple(shape)} {dtype} ({expected} bytes with the header), the "

@@ -206,7 +206,8 @@ def _opt_num(value: Any, path: str, fix: str) -> None:
 def _known_keys(block: dict[str, Any], path: str, known: set[str]) -> None:
     unknown = sorted(set(block) - known)
     if unknown:
-        _fail(f"{path}.{unknown[0]}", block[unknown[0]], f"no such key (known: {', '.join(sorted(known))})")
+        raise SchemaError(f"{path}.{unknown[0]} is an unknown key (known: {', '.join(sorted(known))}); a misspelt key "
+                          f"would silently fall back to a default: correct it or {FIX}")
 
 
 def file_name(name: Any, path: str) -> str:
@@ -346,7 +347,7 @@ def _check_files(files: dict[str, Any]) -> None:
     if "model.onnx" not in files:
         _fail("files", sorted(files), "a list that includes model.onnx")
     for name, digest in files.items():
-        file_name(name, f"files key {name!r}")
+        file_name(name, "files key")
         if not isinstance(digest, str) or not HEX64.fullmatch(digest):
             _fail(f"files['{name}']", digest, "a lowercase 64-digit sha256 hex digest")
 
@@ -357,7 +358,7 @@ def check_metadata(raw: Any) -> None:
     raw = _dict(raw, "the top level")
     for block in REQUIRED_BLOCKS:
         if block not in raw:
-            _fail(block, "missing", "present")
+            raise SchemaError(f"block '{block}' is missing; {FIX}")
     files = _dict(raw["files"], "files")
     _check_files(files)
     spec = _dict(raw["spec_sha256"], "spec_sha256")
