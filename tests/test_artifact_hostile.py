@@ -107,3 +107,25 @@ def test_graph_onnxruntime_refuses_is_one_line(graph_artifact, frames):
     result = CliRunner().invoke(ad_run, _args(graph_artifact, frames))
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and "onnxruntime cannot load this graph" in lines[0], result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one of"),
+    (["--keygen", "K", "ART"], "--keygen takes no ARTIFACT"),
+    (["ART", "--key", "MISSING"], "cannot read the key"),
+    (["ART", "--key", "NOTKEY"], "not an unencrypted PEM private key"),
+    (["ART", "--key", "PUB"], "not an unencrypted PEM private key"),
+    (["ART", "--check"], "not signed, and a signature is required"),
+])
+def test_ad_sign_usage_errors_are_one_line_exit_2(graph_artifact, tmp_path, args, message):
+    pytest.importorskip("cryptography", reason="signing needs the sign extra: pip install 'anomedge[sign]'")
+    from anomedge.artifact.signing import keygen
+    from anomedge.cli.sign import main as ad_sign
+
+    keygen(tmp_path / "k")
+    (tmp_path / "notkey").write_text("hello")
+    names = {"ART": str(graph_artifact), "K": str(tmp_path / "new"), "MISSING": str(tmp_path / "nope"),
+             "NOTKEY": str(tmp_path / "notkey"), "PUB": str(tmp_path / "k.pub")}
+    result = CliRunner().invoke(ad_sign, [names.get(a, a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2 and len(lines) == 1 and message in result.stderr, (result.exit_code, result.stderr)

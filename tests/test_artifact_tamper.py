@@ -282,3 +282,13 @@ def test_fuzzed_graph_and_header_bytes_never_escape_as_other_exceptions(graph_ar
                 assert "\n" not in str(exc)
         path.write_bytes(good)
         rewrite(graph_artifact, lambda raw: raw["files"].__setitem__(name, sha256_file(path)))
+
+
+def test_reread_thresholds_follows_a_recalibration_but_not_a_new_contract(graph_artifact):
+    art = Artifact.load(graph_artifact)
+    with Artifact.edit(graph_artifact) as edit:
+        edit.meta["thresholds"]["image"] = 7.0
+    assert art.reread_thresholds()["image"] == 7.0
+    field("postprocess.blur_sigma", 2.0)(graph_artifact)  # restamped: a valid, different contract
+    with pytest.raises(ArtifactError, match="the contract changed since the artifact was loaded"):
+        art.reread_thresholds()

@@ -225,6 +225,17 @@ class Artifact:
 
         check_contents(self)
 
+    def reread_thresholds(self) -> dict[str, Any]:
+        """The ``thresholds`` block as metadata.json holds it now (after a re-calibration, for a running
+        inspector to switch to), schema-checked; ArtifactError if anything but the thresholds changed
+        since this artifact was loaded (that needs a restart, which re-verifies everything)."""
+        raw = parse_metadata(self.root, read_metadata_bytes(self.root))
+        current = Metadata.from_dict(raw)
+        if current.digest != self.metadata.digest:
+            raise ArtifactError(f"{self.root / METADATA}: the contract changed since the artifact was loaded (not only "
+                                "the thresholds); restart to load and verify the new artifact")
+        return current.thresholds
+
     def has(self, name: str) -> bool:
         return name in self.metadata.files
 

@@ -27,17 +27,18 @@ def main(artifact, key, keygen, check, trust):
     from ..artifact import Artifact
     from ..artifact.signing import keygen as make_keys
     from ..artifact.signing import sign
+    from ..errors import InputError
 
     if sum(bool(x) for x in (key, keygen, check)) != 1:
-        raise click.UsageError("give exactly one of --keygen FILE, ARTIFACT --key FILE, ARTIFACT --check")
+        raise InputError("give exactly one of --keygen FILE, ARTIFACT --key FILE, ARTIFACT --check")
     if keygen:
         if artifact:
-            raise click.UsageError("--keygen takes no ARTIFACT")
+            raise InputError("--keygen takes no ARTIFACT")
         private, public = make_keys(keygen)
         click.echo(f"wrote {private} (private: keep it off the line) and {public} (give it to ad-run --trust)")
         return
     if not artifact:
-        raise click.UsageError("give the ARTIFACT folder")
+        raise InputError("give the ARTIFACT folder")
     if key:
         path = sign(artifact, key)
         click.echo(f"signed {artifact}: {path} (artifact sha256 {Artifact.load(artifact).sha256[:16]}…)")
