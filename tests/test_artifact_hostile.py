@@ -129,3 +129,30 @@ def test_ad_sign_usage_errors_are_one_line_exit_2(graph_artifact, tmp_path, args
     result = CliRunner().invoke(ad_sign, [names.get(a, a) for a in args])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2 and len(lines) == 1 and message in result.stderr, (result.exit_code, result.stderr)
+
+
+@pytest.mark.slow
+def test_ad_export_sign_then_ad_run_trust(elpv_paths, tmp_path, frames):
+    """ad-export --sign writes a signature that ad-run --trust accepts (real PatchCore fit, 64 px, 12 cells)."""
+    pytest.importorskip("cryptography", reason="signing needs the sign extra: pip install 'anomedge[sign]'")
+    import shutil
+
+    from anomedge.artifact.signing import keygen
+    from anomedge.cli.export import main as ad_export
+
+    good = tmp_path / "good"
+    good.mkdir()
+    for path in elpv_paths[:12]:
+        shutil.copy(path, good / path.name)
+    private, public = keygen(tmp_path / "key")
+    out = tmp_path / "exported"
+    runner = CliRunner()
+    exported = runner.invoke(ad_export, [str(good), "--detector", "patchcore", "--image-size", "64", "--param",
+                                         "coreset_fraction=0.25", "--out", str(out), "--sign", str(private), "--quiet"])
+    assert exported.exit_code == 0, exported.output
+    assert (out / "signature.json").is_file()
+    ran = runner.invoke(ad_run, _args(out, frames, "--trust", str(public)))
+    assert ran.exit_code == 0, ran.output
+    wrong_key = runner.invoke(ad_export, [str(good), "--out", str(tmp_path / "never"), "--sign", str(public)])
+    assert wrong_key.exit_code == 2 and "not an unencrypted PEM private key" in wrong_key.stderr
+    assert not (tmp_path / "never").exists()  # refused before the fit

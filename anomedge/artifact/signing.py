@@ -82,9 +82,9 @@ def _read_key(path: str | os.PathLike, private: bool):
                else serialization.load_pem_public_key(data))
     except OSError as exc:
         raise InputError(f"{path}: cannot read the key ({exc.strerror})") from None
-    except (ValueError, TypeError) as exc:
-        raise InputError(f"{path}: not an unencrypted PEM {'private' if private else 'public'} key "
-                         f"({str(exc).splitlines()[0][:80]}); make one with ad-sign --keygen PATH") from None
+    except (ValueError, TypeError):
+        raise InputError(f"{path}: not an unencrypted PEM {'private' if private else 'public'} key; "
+                         "make a key pair with ad-sign --keygen PATH") from None
     want = ed25519.Ed25519PrivateKey if private else ed25519.Ed25519PublicKey
     if not isinstance(key, want):
         raise InputError(f"{path}: a {type(key).__name__}, expected an ed25519 key; make one with ad-sign --keygen PATH")
