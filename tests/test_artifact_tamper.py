@@ -292,3 +292,15 @@ def test_reread_thresholds_follows_a_recalibration_but_not_a_new_contract(graph_
     field("postprocess.blur_sigma", 2.0)(graph_artifact)  # restamped: a valid, different contract
     with pytest.raises(ArtifactError, match="the contract changed since the artifact was loaded"):
         art.reread_thresholds()
+
+
+def test_concurrent_edits_one_wins_the_other_is_refused(graph_artifact):
+    """Two edits read the same metadata; the one that writes second must be refused, not overwrite."""
+    first, second = Artifact.edit(graph_artifact), Artifact.edit(graph_artifact)
+    a, b = first.__enter__(), second.__enter__()
+    a.meta["thresholds"]["image"] = 11.0
+    b.meta["thresholds"]["image"] = 22.0
+    first.__exit__(None, None, None)
+    with pytest.raises(ArtifactError, match="changed since it was read"):
+        second.__exit__(None, None, None)
+    assert Artifact.load(graph_artifact).metadata.thresholds["image"] == 11.0

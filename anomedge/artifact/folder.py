@@ -175,6 +175,12 @@ class Artifact:
         artifact = cls._from_bytes(root, before)
         change = ArtifactEdit(artifact, copy.deepcopy(parse_json(before, str(root / METADATA))))
         yield change
+        with _folder_lock(root):
+            cls._write_edit(root, before, artifact, change, sign_key)
+
+    @classmethod
+    def _write_edit(cls, root: Path, before: bytes, artifact: "Artifact", change: "ArtifactEdit",
+                    sign_key: str | os.PathLike | None) -> None:
         if read_metadata_bytes(root) != before:
             raise ArtifactError(f"{root / METADATA} changed since it was read (another ad-calibrate, ad-quantize or "
                                 "hand edit?); run the command again")
@@ -185,19 +191,20 @@ class Artifact:
         except SchemaError as exc:
             raise SchemaError(f"{root / METADATA}: the edit would write {exc}") from None
         metadata = Metadata.from_dict(new)
-        signature = root / SIGNATURE
-        if sign_key is not None or (signature.exists() and metadata.digest != artifact.metadata.digest):
-            from .signing import sign_payload
+        if sign_key is not None:
+            from .signing import check_private_key
 
-            if sign_key is not None:
-                write_metadata(root, new)
-                sign_payload(root, metadata, sign_key)
-                change.artifact = cls(root, metadata)
-                return
+            check_private_key(sign_key)  # before anything is written
+        signature = root / SIGNATURE
+        if sign_key is None and signature.exists() and metadata.digest != artifact.metadata.digest:
             signature.unlink()
             warnings.warn(f"{signature}: removed, the edit changed the signed contract; sign again with "
-                          f"ad-sign {root} --key KEY", stacklevel=3)
+                          f"ad-sign {root} --key KEY", stacklevel=4)
         write_metadata(root, new)
+        if sign_key is not None:
+            from .signing import sign_payload
+
+            sign_payload(root, metadata, sign_key)
         change.artifact = cls(root, metadata)
 
     def verify(self) -> None:
@@ -270,6 +277,23 @@ class Artifact:
         """The identity of the exported model: the spec hash of every block but ``thresholds`` (the
         ``files`` block, and so every file's sha256, included)."""
         return self.metadata.digest
+
+
+@contextlib.contextmanager
+def _folder_lock(root: Path) -> Iterator[None]:
+    """An exclusive flock on the folder itself while an edit compares and writes, so two anomedge writers
+    cannot both pass the "unchanged since read" check (no lock file is left behind; no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: the byte comparison alone guards
+        yield
+        return
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 class ArtifactEdit:
