@@ -373,7 +373,7 @@ def check_metadata(raw: Any) -> None:
     _check_model(_dict(raw["model"], "model"), files)
     check_thresholds(raw.get("thresholds", {}))
     for key, value in _dict(raw.get("versions", {}), "versions").items():
-        _str(value, f"versions.{key}", max_len=64)
+        _str(value, f"versions.{key}", max_len=128)
     if "created" in raw and not isinstance(raw["created"], str):
         _fail("created", raw["created"], "an ISO 8601 date string")
 
