@@ -310,11 +310,10 @@ def test_schema_sets_match_what_the_runtime_implements():
     """The schema's known sets are the runtime's tables: a new reduction or head must be added to both."""
     from anomedge.artifact import schema
     from anomedge.runtime import postprocess
-    from anomedge.runtime.heads import HEADS, KNN_KERNELS
+    from anomedge.runtime.heads import HEADS
     from anomedge.runtime.preprocess import _INTERPOLATION
 
     assert set(schema.REDUCTIONS) == set(postprocess.REDUCTIONS)
     assert set(schema.KINDS) == set(HEADS) - {"graph"}  # "graph" exists only as an in-memory view
     assert set(schema.INTERPOLATIONS) == set(_INTERPOLATION)
-    assert {"numpy", "onnxruntime"} == set(KNN_KERNELS)  # scoring.kernel is checked by KnnHead itself
     assert len(CASES) >= 25
