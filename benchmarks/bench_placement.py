@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomedge.artifact import METADATA, Artifact, write_metadata
+from anomedge.artifact import Artifact
 from anomedge.benchmark import latency, score_frames
 from anomedge.errors import AnomedgeError
 from anomedge.export.writer import add_graph_placement
@@ -78,10 +78,8 @@ def main() -> None:
     print("faster placement:", winners)
     print("artifact files (MiB):", sizes(scratch))
     if args.record:
-        root = Path(args.artifact)
-        meta = json.loads((root / METADATA).read_text())
-        meta["scoring"]["placement_by_backend"] = winners
-        write_metadata(root, meta)
+        with Artifact.edit(args.artifact) as edit:
+            edit.meta["scoring"]["placement_by_backend"] = winners
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "winners": winners, "sizes_mib": sizes(scratch)}, indent=2))
     shutil.rmtree(scratch.parent)

@@ -73,3 +73,45 @@ def no_onnx_pythonpath(tmp_path_factory) -> str:
     (shim / "sitecustomize.py").write_text(
         "import sys\nfor name in ('onnx', 'torch', 'timm', 'sklearn', 'torchvision'):\n    sys.modules[name] = None\n")
     return f"{shim}{__import__('os').pathsep}{Path(anomedge.__file__).parent.parent}"
+
+
+def write_tiny_onnx(path: Path, height: int = 32, width: int = 32, channels: int = 4, stride: int = 8,
+                    input_name: str = "image") -> Path:
+    """A real ONNX graph (onnx.helper, no torch): ``input_name`` (N,3,H,W) → Conv k=s=stride →
+    ``features`` (N,channels,H/stride,W/stride), fixed random weights."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((channels, 3, stride, stride)).astype(np.float32) / stride
+    graph = helper.make_graph(
+        [helper.make_node("Conv", [input_name, "w"], ["features"], kernel_shape=[stride, stride],
+                          strides=[stride, stride])],
+        "tiny", [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", 3, height, width])],
+        [helper.make_tensor_value_info("features", TensorProto.FLOAT,
+                                       ["N", channels, height // stride, width // stride])],
+        [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def graph_artifact(tmp_path) -> Path:
+    """A tiny real kNN artifact folder (32×32 input, 4-channel 4×4 features, 10-row bank, threshold set)
+    built without torch: for artifact checks and ad-run runs that need no real backbone."""
+    from anomedge.artifact import InputSpec, Metadata, write_artifact
+
+    root = tmp_path / "art"
+    root.mkdir()
+    write_tiny_onnx(root / "model.onnx")
+    bank = np.random.default_rng(1).standard_normal((10, 4)).astype(np.float32)
+    meta = Metadata(detector="patchcore", input=InputSpec("image", 32, 32),
+                    outputs={"names": ["features"], "features": {"shape": ["N", 4, 4, 4], "stride": 8}},
+                    scoring={"kind": "knn", "k": 1, "metric": "l2", "placement": "host", "bank_rows": 10,
+                             "bank_dtype": "float32", "kernel": "numpy"},
+                    postprocess={"blur_sigma": 1.0, "reduction": {"name": "top_fraction_mean", "fraction": 0.1}},
+                    model={"backbone": {"name": "tiny-conv"}}, thresholds={"image": 1.0},
+                    files={"model.onnx": ""})
+    write_artifact(root, meta, {"bank.npy": bank})
+    return root

@@ -56,12 +56,15 @@ from .common import one_line_errors
 @click.option("--webhook", default=None, help="POST each NG record as JSON to this URL.")
 @click.option("--mqtt", default=None, help="Publish every record to HOST:PORT/TOPIC (needs paho-mqtt).")
 @click.option("--serve", default=None, help="Live view and REST API on HOST:PORT (e.g. 127.0.0.1:8080).")
+@click.option("--trust", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key (PEM) whose signature the artifact must carry (repeatable; implies --require-signature).")
+@click.option("--require-signature", is_flag=True, help="Refuse an unsigned artifact (a wrong signature is always refused).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
 def main(artifact, source, camera, watch, watch_state, loop, width, height, fps, exposure, gain, roi, policy,
          capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend, device, precision,
          placement, allow_fallback, threads, threshold, knn_kernel, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng,
-         save_every, webhook, mqtt, serve, quiet):
+         save_every, webhook, mqtt, serve, trust, require_signature, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import json
@@ -118,7 +121,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
         if not quiet:
             sinks.append(lambda record: click.echo(json.dumps(record)))
 
-        loaded = Artifact.load(artifact)
+        loaded = Artifact.load(artifact, trust=trust, require_signature=require_signature)
         settings = CaptureSettings(width=width, height=height, fps=fps, exposure=exposure, gain=gain,
                                    open_timeout_s=open_timeout_s, reconnect_max_s=reconnect_max_s,
                                    exit_on_disconnect=exit_on_disconnect, loop=loop)

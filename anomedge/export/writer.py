@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifact import METADATA, Artifact, Metadata, sha256_file, write_artifact, write_metadata
+from ..artifact import Artifact, Metadata, write_artifact
 from ..models.detector import Detector
 from ..runtime.verify import GOLDEN_FILES
 from ..scoring.heads import KNN_GRAPH
@@ -68,12 +68,11 @@ def _save_knn_graph(bank: np.ndarray, k: int, dst: Path) -> None:
 
 def _register(root: Path, files: Sequence[str], **model_or_scoring: dict[str, Any]) -> None:
     """Hash ``files`` (already in ``root``) into metadata.json and merge the given blocks' keys."""
-    meta = json.loads((root / METADATA).read_text())
-    for name in files:
-        meta["files"][name] = sha256_file(root / name)
-    for block, values in model_or_scoring.items():
-        meta[block].update(values)
-    write_metadata(root, meta)
+    with Artifact.edit(root) as edit:
+        for name in files:
+            edit.add_file(name)
+        for block, values in model_or_scoring.items():
+            edit.meta[block].update(values)
 
 
 def add_knn_graph(artifact_dir: str | Path) -> Path:
