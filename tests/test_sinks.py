@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from anomedge.errors import InputError
-from anomedge.runtime.evidence import EvidenceWriter, draw, heat_range, regions
-from anomedge.runtime.runner import normalizer
+from anomedge.runtime.evidence import EvidenceWriter, draw, regions
 from anomedge.runtime.sinks import CsvSink, JsonlSink
 
 
@@ -136,15 +135,3 @@ def test_draw_accepts_gray_and_16bit_frames():
     assert out.shape == (50, 40, 3) and out.dtype == np.uint8
 
 
-def test_normalizer_piecewise_linear_threshold_to_half():
-    apply = normalizer({"normalization": {"min": 10.0, "threshold": 20.0, "max": 40.0}}, 20.0)
-    np.testing.assert_allclose([apply(s) for s in (0, 10, 15, 20, 30, 40, 99)], [0, 0, 0.25, 0.5, 0.75, 1, 1], atol=1e-12)
-    moved = normalizer({"normalization": {"min": 10.0, "threshold": 20.0, "max": 40.0}}, 30.0)
-    assert moved(30.0) == 0.5  # --threshold override: the threshold in use maps to 0.5
-    assert normalizer({}, 20.0) is None and normalizer({"normalization": {"min": 1}}, 2.0) is None
-
-
-def test_heat_range_prefers_normalization():
-    assert heat_range({"normalization": {"min": 1.0, "threshold": 2.0, "max": 5.0}}, 2.0) == (1.0, 5.0)
-    low, high = heat_range({"good_scores": {"min": 30.0}}, 40.0)
-    assert (low, high) == (30.0, 50.0)

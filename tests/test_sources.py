@@ -4,6 +4,7 @@ the choice of source from CLI arguments."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -103,7 +104,8 @@ def test_watch_folder_each_file_once_across_restarts(tmp_path, elpv_paths):
         second.stop_event.set()
     second.close()
     assert [name for name, _ in got] == [new.name]
-    assert (hot / ".anomedge-processed").read_text().splitlines() == seen + [new.name]
+    state = [json.loads(line)["name"] for line in (hot / ".anomedge-processed").read_text().splitlines()]
+    assert state == seen + [new.name]
 
 
 def test_watch_needs_a_folder(tmp_path):

@@ -1,8 +1,9 @@
 """The inspector: frames → scores, anomaly maps and OK/NG decisions, with per-stage timings.
 
 ``Inspector(artifact, backend="onnxruntime")`` builds the backend's stages once; ``inspect(frames)``
-returns an ``Inspection`` for the batch; ``decide(score)`` applies the threshold from metadata
-(or the ``threshold=`` override). Thresholds never live in the graph.
+returns an ``Inspection`` for the batch; ``decision`` (``runtime.decision.Decision``) holds the
+thresholds from metadata (or the ``threshold=`` override) and ``decide(score)`` applies it, failing
+closed (OK only for a finite score under a finite threshold). Thresholds never live in the graph.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError
+from .decision import Decision
 from .heads import graph_view
 from .registry import get_backend
 
@@ -46,12 +48,13 @@ class Inspector:
         if placement == "graph" and artifact.metadata.scoring.get("kind") != "graph":
             artifact = graph_view(artifact)
             options.setdefault("model_file", artifact.metadata.scoring["graph_model"])
+        self.decision = Decision.from_thresholds(artifact.metadata.thresholds, threshold,
+                                                 where=f"{artifact.root}/metadata.json: ")
         self.artifact = artifact
         self.placement = placement
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
         self.stages = self.backend.stages()
-        self._threshold = threshold
 
     def close(self) -> None:
         self.backend.close()
@@ -64,17 +67,12 @@ class Inspector:
 
     @property
     def threshold(self) -> float | None:
-        if self._threshold is not None:
-            return self._threshold
-        value = self.artifact.metadata.thresholds.get("image")
-        return None if value is None else float(value)
+        return self.decision.threshold
 
     def decide(self, score: float) -> str:
-        """'NG' if ``score`` exceeds the image threshold, else 'OK'."""
-        threshold = self.threshold
-        if threshold is None:
-            raise ArtifactError(f"{self.artifact.root}: no image threshold in metadata; run ad-calibrate or pass --threshold")
-        return "NG" if score > threshold else "OK"
+        """'NG' if ``score`` exceeds the image threshold, 'OK' if not; 'ERROR' (or 'NG' under
+        ``on_error="ng"``) for a non-finite score or no threshold."""
+        return self.decision.label(score)[0]
 
     def inspect(self, frames: list[np.ndarray]) -> Inspection:
         stages = self.stages
