@@ -34,7 +34,7 @@ import numpy as np
 
 from ..artifact import METADATA
 from ..errors import AnomedgeError, InputError
-from .decision import Decision, ThresholdWatch
+from .decision import ON_ERROR, Decision, ThresholdWatch
 from .evidence import EvidenceWriter, frame_map, regions
 from .pipeline import Inspector
 from .sinks import SinkError
@@ -104,9 +104,9 @@ class Runner:
         self.observers = list(observers)
         self.summary = Summary()
         self.lock = threading.Lock()
-        if on_error != inspector.decision.on_error:
-            inspector.decision = Decision.from_thresholds(inspector.artifact.metadata.thresholds, self._override(),
-                                                          on_error, f"{inspector.artifact.root}/{METADATA}: ")
+        if on_error not in ON_ERROR:
+            raise InputError(f"--on-error '{on_error}': expected one of {', '.join(ON_ERROR)}")
+        inspector.decision = replace(inspector.decision, on_error=on_error)
         self.watch = (ThresholdWatch(inspector.artifact.root / METADATA, self._override(), on_error)
                       if watch_thresholds else None)
         self._watch_error: str | None = None

@@ -1,9 +1,9 @@
 """Decision sinks: one record per frame, written whole or not at all (optionally fsynced), so a
 crash, SIGKILL or full disk loses at most the record in flight and never leaves a torn line.
 
-Each record is one ``os.write`` of its complete bytes to a file opened ``O_APPEND`` (no Python
-buffer, so closing never fails later); a short or failed write is cut back with ``ftruncate`` to the
-size before it and the ``OSError`` raised (the runner turns it into ``SinkError``: the run ends with
+Each record is ``os.write`` of its complete bytes to a file opened ``O_APPEND`` (no Python buffer,
+so closing never fails later); a failed write is cut back with ``ftruncate`` to the size before the
+record and the ``OSError`` raised (the runner turns it into ``SinkError``: the run ends with
 the summary and exit 1).
 
 - ``JsonlSink(path, fsync=False, rotate_mb=None)``: one JSON object per line (non-finite numbers as null).
@@ -45,12 +45,16 @@ class SinkError(AnomedgeError):
 
 
 def _write_whole(fd: int, data: bytes) -> None:
-    """Append ``data`` with one write; on a short or failed write cut the file back and raise OSError."""
+    """Append ``data`` (the rest of a short write is written after it, so the real error shows); on
+    failure cut the file back to its size before and raise the OSError."""
     before = os.fstat(fd).st_size
+    view = memoryview(data)
     try:
-        written = os.write(fd, data)
-        if written != len(data):
-            raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+        while view:
+            written = os.write(fd, view)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            view = view[written:]
     except OSError:
         try:
             os.ftruncate(fd, before)
