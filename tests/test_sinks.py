@@ -16,7 +16,7 @@ import pytest
 
 from anomedge.errors import InputError
 from anomedge.runtime.evidence import EvidenceWriter, draw, regions
-from anomedge.runtime.sinks import CsvSink, JsonlSink
+from anomedge.runtime.sinks import CSV_COLUMNS, CsvSink, JsonlSink
 
 
 def rec(i, label="OK", **extra):
@@ -140,7 +140,7 @@ def test_draw_accepts_gray_and_16bit_frames():
 # --- trust: a record is written whole or not at all; a full disk is an OSError, never a torn line ------------
 FILL = r"""
 import errno, json, os, resource, signal, sys
-from anomedge.runtime.sinks import CsvSink, JsonlSink
+from anomedge.runtime.sinks import CSV_COLUMNS, CsvSink, JsonlSink
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() returns short / EFBIG instead of killing us
 resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
 sink = (JsonlSink if sys.argv[1] == "jsonl" else CsvSink)(sys.argv[2])
@@ -235,3 +235,16 @@ def test_console_sink_prints_json_only_when_asked():
     ConsoleSink(as_json, as_json=True)(rec(1))
     assert readable.getvalue() == "frame 1  cam  OK  score 0.5 (thr 2)  1.0 ms\n"
     assert json.loads(as_json.getvalue()) == rec(1)
+
+
+def test_a_csv_with_other_columns_is_rotated_aside_not_mixed(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("source,index,timestamp,label\ncam,0,1.0,OK\n")  # an older version's columns
+    with CsvSink(path) as sink:
+        sink.write(rec(1))
+    assert (tmp_path / "d.0001.csv").read_text() == "source,index,timestamp,label\ncam,0,1.0,OK\n"
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == list(CSV_COLUMNS) and rows[0]["index"] == "1"
+    with CsvSink(path) as sink:  # same columns: appended
+        sink.write(rec(2))
+    assert [r["index"] for r in csv.DictReader(path.open())] == ["1", "2"]

@@ -162,9 +162,16 @@ class JsonlSink:
 
 
 class CsvSink:
+    """An existing file with other columns (an older version's) is rotated aside first, never mixed."""
+
     def __init__(self, path: str | Path, fsync: bool = False, rotate_mb: float | None = None):
         self._file = _RotatingFile(path, fsync, rotate_mb, "--csv")
         self.path = self._file.path
+        if not self._file.is_empty:
+            with open(self.path, encoding="utf-8", errors="replace") as handle:
+                header = handle.readline().rstrip("\r\n")
+            if header != ",".join(CSV_COLUMNS):
+                self._file.rotate()
 
     def write(self, record: dict[str, Any]) -> None:
         row = {k: record.get(k, "") for k in CSV_COLUMNS}
