@@ -19,6 +19,7 @@ import numpy as np
 
 from ..artifact import METADATA, Artifact, write_metadata
 from ..errors import InputError
+from ..runtime.decision import Decision
 from ..runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from ..runtime.pipeline import Inspector
 from .metrics import f1_max
@@ -131,6 +132,7 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
         "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    Decision.from_thresholds(block, where="new ")  # never write what the runtime would refuse (NaN, inf)
     if (root / METADATA).read_bytes() != before:
         raise InputError(f"{root / METADATA} changed while calibrating; run ad-calibrate again")
     meta = json.loads(before)
