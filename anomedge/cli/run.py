@@ -55,12 +55,16 @@ from .common import one_line_errors
 @click.option("--webhook", default=None, help="POST each NG record as JSON to this URL.")
 @click.option("--mqtt", default=None, help="Publish every record to HOST:PORT/TOPIC (needs paho-mqtt).")
 @click.option("--serve", default=None, help="Live view and REST API on HOST:PORT (e.g. 127.0.0.1:8080).")
+@click.option("--url", default=None, help="--backend triton: the Triton server HOST:PORT (8000 http, 8001 grpc).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="--backend triton: protocol of --url.")
+@click.option("--model", "model_name", default=None, help="--backend triton: model name in the repository (default anomedge).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
 def main(artifact, source, camera, watch, watch_state, loop, width, height, fps, exposure, gain, roi, policy,
          capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend, device, precision,
          placement, allow_fallback, threads, threshold, knn_kernel, jsonl, csv_path, rotate_mb, fsync, save_ng,
-         save_every, webhook, mqtt, serve, quiet):
+         save_every, webhook, mqtt, serve, url, protocol, model_name, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import json
@@ -130,6 +134,8 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
                 stack.callback(frames.close)
 
         options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
+        if backend == "triton":
+            options.update(url=url, protocol=protocol, model=model_name)
         inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold, threads=threads,
                                                   knn_kernel=knn_kernel, placement=placement, **options))
         if inspector.threshold is None:
