@@ -105,10 +105,13 @@ class LocalTriton:
         raise BackendUnavailable(f"tritonserver not ready after {timeout_s:.0f} s: {self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
+        """The server log's error lines (E…, or the last ``chars`` characters when there are none)."""
         try:
-            return self.log_file.read_text(errors="replace")[-chars:]
+            text = self.log_file.read_text(errors="replace")
         except OSError:
             return ""
+        errors = [line for line in text.splitlines() if line.startswith("E") and "CudaDriverHelper" not in line]
+        return ("\n".join(errors) or text)[-chars:]
 
     def statistics(self, model: str) -> dict:
         """Triton's inference statistics of ``model`` (GET /v2/models/MODEL/stats)."""

@@ -1,0 +1,127 @@
+"""A real tritonserver (nvidia-pytriton's Triton 2.51, python backend) on 127.0.0.1 serving the
+repository ad-triton writes: ad-run --backend triton over HTTP and gRPC gives the local runtime's
+records (scores rtol 1e-5, identical labels and NG boxes); concurrent camera clients get their own
+answers and Triton's statistics show that the dynamic batcher formed batches.
+
+Needs tritonclient here and a server Python (``ANOMEDGE_TRITON_PYTHON``, default ``.venv-triton/bin/python``)
+with nvidia-pytriton, numpy < 2, opencv-python-headless < 4.12 and onnxruntime (docs/serving.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def server_python() -> str:
+    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'anomedge[triton]'")
+    python = os.environ.get("ANOMEDGE_TRITON_PYTHON", str(ROOT / ".venv-triton" / "bin" / "python"))
+    probe = subprocess.run([python, "-c", "import pytriton, numpy; assert numpy.__version__ < '2'"],
+                           capture_output=True) if Path(python).exists() else None
+    if probe is None or probe.returncode != 0:
+        pytest.skip(f"no server Python with nvidia-pytriton and numpy<2 at {python}: set ANOMEDGE_TRITON_PYTHON "
+                    "(python -m venv .venv-triton && .venv-triton/bin/pip install nvidia-pytriton 'numpy<2' "
+                    "'opencv-python-headless<4.12' onnxruntime click)")
+    return python
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifact, tmp_path_factory):
+    from anomedge.serving.local_server import LocalTriton
+    from anomedge.serving.triton import ServingOptions, write_repository
+
+    python = server_python()
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    # A 20 ms queue delay: concurrent requests surely meet in one batch on a busy 2-core machine.
+    write_repository(tiny_artifact.root, repo, ("python",), ServingOptions(max_batch=8, queue_delay_us=20_000), threads=1)
+    with LocalTriton(repo, python=python, pythonpath=str(ROOT)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def line(elpv_paths, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("line")
+    for path in elpv_paths[20:28]:
+        shutil.copy(path, folder)
+    return folder
+
+
+def _ad_run(*args):
+    from click.testing import CliRunner
+
+    from anomedge.cli.run import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def _records(path):
+    return {r["source"]: r for r in map(json.loads, Path(path).read_text().splitlines())}
+
+
+def test_ad_run_through_triton_gives_the_local_records(server, tiny_artifact, line, tmp_path):
+    _ad_run(tiny_artifact.root, "--source", line, "--jsonl", tmp_path / "local.jsonl", "--quiet")
+    local = _records(tmp_path / "local.jsonl")
+    assert {r["label"] for r in local.values()} == {"OK", "NG"}  # both decisions are exercised
+    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+        out = tmp_path / f"{protocol}.jsonl"
+        _ad_run(tiny_artifact.root, "--source", line, "--backend", "triton", "--url", url, "--protocol", protocol,
+                "--jsonl", out, "--quiet")
+        remote = _records(out)
+        assert remote.keys() == local.keys()
+        for source, record in local.items():
+            np.testing.assert_allclose(remote[source]["score"], record["score"], rtol=1e-5)
+            assert remote[source]["label"] == record["label"] and remote[source]["threshold"] == record["threshold"]
+            assert remote[source].get("boxes") == record.get("boxes")
+
+
+def test_concurrent_cameras_are_batched(server, tiny_artifact, line):
+    from anomedge.runtime.pipeline import Inspector
+    from anomedge.runtime.preprocess import read_image
+    from anomedge.serving.local_server import batch_stats
+
+    frames = [read_image(p) for p in sorted(line.iterdir())]
+    with Inspector(tiny_artifact, "onnxruntime", threads=1) as local:
+        expected = np.array([local.inspect([f]).scores[0] for f in frames])
+    before = batch_stats(server.statistics("anomedge"))
+
+    def camera(_):
+        with Inspector(tiny_artifact, "triton", url=server.http_url) as remote:
+            return np.array([remote.inspect([f]).scores[0] for f in frames])
+
+    cameras = 8
+    with ThreadPoolExecutor(cameras) as pool:
+        results = list(pool.map(camera, range(cameras)))
+    for scores in results:
+        np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    after = batch_stats(server.statistics("anomedge"))
+    requests = after["inference_count"] - before["inference_count"]
+    executions = after["execution_count"] - before["execution_count"]
+    assert requests == cameras * len(frames)
+    assert executions < requests and max(after["batch_sizes"]) > 1  # the dynamic batcher joined requests
+
+
+def test_client_refuses_another_artifact_and_unknown_models(server, tiny_artifact):
+    import dataclasses
+
+    from anomedge.artifact import Artifact
+    from anomedge.errors import ArtifactError, BackendUnavailable
+    from anomedge.runtime.backends.triton import TritonBackend
+
+    meta = tiny_artifact.metadata
+    other = Artifact(tiny_artifact.root, dataclasses.replace(meta, files={**meta.files, "extra.npy": "0" * 64}))
+    with pytest.raises(ArtifactError, match="serves artifact"):
+        TritonBackend(other, url=server.http_url).open()
+    with pytest.raises(BackendUnavailable, match="'nope' is not ready"):
+        TritonBackend(tiny_artifact, url=server.http_url, model="nope").open()
