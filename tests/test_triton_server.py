@@ -21,30 +21,30 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
+pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'anomedge[triton]'")
+SERVER_ENV = "nvidia-pytriton 'numpy<2' 'opencv-python-headless<4.12' onnxruntime onnx click"
 
 
+@pytest.fixture(scope="session")  # session: set up (and skip) before the session-scoped artifact is fitted
 def server_python() -> str:
-    pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'anomedge[triton]'")
     python = os.environ.get("ANOMEDGE_TRITON_PYTHON", str(ROOT / ".venv-triton" / "bin" / "python"))
     probe = subprocess.run([python, "-c", "import pytriton, numpy; assert numpy.__version__ < '2'"],
                            capture_output=True) if Path(python).exists() else None
     if probe is None or probe.returncode != 0:
         pytest.skip(f"no server Python with nvidia-pytriton and numpy<2 at {python}: set ANOMEDGE_TRITON_PYTHON "
-                    "(python -m venv .venv-triton && .venv-triton/bin/pip install nvidia-pytriton 'numpy<2' "
-                    "'opencv-python-headless<4.12' onnxruntime click)")
+                    f"(python -m venv .venv-triton && .venv-triton/bin/pip install {SERVER_ENV})")
     return python
 
 
 @pytest.fixture(scope="module")
-def server(tiny_artifact, tmp_path_factory):
+def server(server_python, tiny_artifact, tmp_path_factory):
     from anomedge.serving.local_server import LocalTriton
     from anomedge.serving.triton import ServingOptions, write_repository
 
-    python = server_python()
     repo = tmp_path_factory.mktemp("triton") / "repo"
     # A 20 ms queue delay: concurrent requests surely meet in one batch on a busy 2-core machine.
     write_repository(tiny_artifact.root, repo, ("python",), ServingOptions(max_batch=8, queue_delay_us=20_000), threads=1)
-    with LocalTriton(repo, python=python, pythonpath=str(ROOT)) as running:
+    with LocalTriton(repo, python=server_python, pythonpath=str(ROOT)) as running:
         yield running
 
 
