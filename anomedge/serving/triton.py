@@ -134,6 +134,10 @@ def _onnx_form(artifact: Artifact, model_dir: Path, version_dir: Path, options: 
         from ..export.scoring_head import build_head, merge_with_backbone
     except ImportError as exc:
         raise InputError("the onnx form builds one graph with onnx: pip install 'anomedge[export]'") from exc
+    kind = artifact.metadata.scoring.get("graph_of", artifact.metadata.scoring.get("kind"))
+    if kind not in ("knn", "mahalanobis"):
+        raise InputError(f"{artifact.root}: scoring kind '{kind}' has no graph head (knn and mahalanobis do); "
+                         "serve it with --form python")
     if not artifact.metadata.input.dynamic_batch and options.max_batch > 1:
         raise InputError(f"{artifact.root} was exported for batch 1: use --max-batch 1 or re-export")
     head = build_head(artifact, with_map=True, max_batch=options.max_batch)
