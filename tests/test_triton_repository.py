@@ -143,3 +143,20 @@ def test_client_refuses_bad_urls_and_absent_servers(tiny_artifact):
         port = s.getsockname()[1]
     with pytest.raises(BackendUnavailable, match="cannot reach the server"):
         TritonBackend(tiny_artifact, url=f"127.0.0.1:{port}", timeout_s=2).open()
+
+
+def test_ad_triton_cli_writes_both_forms_and_fails_in_one_line(tiny_artifact, tmp_path):
+    pytest.importorskip("onnx", reason="the onnx form needs onnx: pip install 'anomedge[export]'")
+    from click.testing import CliRunner
+
+    from anomedge.cli.triton import main
+
+    out = tmp_path / "repo"
+    result = CliRunner().invoke(main, [str(tiny_artifact.root), "--out", str(out), "--form", "both", "--max-batch", "2"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [f"python: {out / 'anomedge'}", f"onnx: {out / 'anomedge_onnx'}"]
+    assert "max_batch_size: 2" in (out / "anomedge_onnx" / "config.pbtxt").read_text()
+    again = CliRunner().invoke(main, [str(tiny_artifact.root), "--out", str(out)])
+    assert again.exit_code == 2 and again.output.strip().splitlines()[-1].startswith("error: ") and "--version 2" in again.output
+    missing = CliRunner().invoke(main, [str(tmp_path / "nope"), "--out", str(out)])
+    assert missing.exit_code == 2 and "no metadata.json" in missing.output
