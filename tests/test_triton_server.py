@@ -125,3 +125,27 @@ def test_client_refuses_another_artifact_and_unknown_models(server, tiny_artifac
         TritonBackend(other, url=server.http_url).open()
     with pytest.raises(BackendUnavailable, match="'nope' is not ready"):
         TritonBackend(tiny_artifact, url=server.http_url, model="nope").open()
+
+
+def test_a_server_lost_mid_run_gives_error_records(server_python, tiny_artifact, line, tmp_path):
+    """Fail closed: frames the server cannot answer are ERROR records, never OK, and the run goes on."""
+    from anomedge.runtime.pipeline import Inspector
+    from anomedge.runtime.runner import Runner
+    from anomedge.runtime.sources import FolderSource
+    from anomedge.serving.local_server import LocalTriton
+    from anomedge.serving.triton import write_repository
+
+    write_repository(tiny_artifact.root, tmp_path / "repo", ("python",), threads=1)
+    own = LocalTriton(tmp_path / "repo", python=server_python, pythonpath=str(ROOT)).start()
+    try:
+        frames = list(FolderSource(line))[:3]
+        with Inspector(tiny_artifact, "triton", url=own.http_url, timeout_s=5) as remote:
+            runner = Runner(remote)
+            first = runner.process(frames[0])
+            own.stop()
+            lost = [runner.process(frame) for frame in frames[1:]]
+    finally:
+        own.stop()
+    assert first["label"] in ("OK", "NG")
+    assert [r["label"] for r in lost] == ["ERROR", "ERROR"] and all("inference failed" in r["error"] for r in lost)
+    assert runner.summary.errors == 2 and runner.summary.frames == 3

@@ -20,6 +20,9 @@ model is not its artifact) and ``anomedge_model_sha256`` (the served file).
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,7 +70,7 @@ def _tensor(name: str, dims) -> str:
 def model_config(name: str, engine: str, input_name: str, input_dims, output_dims: dict[str, tuple[int, ...]],
                  options: ServingOptions, parameters: dict[str, str], accelerator: str = "none") -> str:
     """``config.pbtxt`` text. ``engine``: 'python' (backend) or 'onnxruntime_onnx' (platform); dims exclude the batch."""
-    head = f'backend: "python"' if engine == "python" else f'platform: "{engine}"'
+    head = 'backend: "python"' if engine == "python" else f'platform: "{engine}"'
     preferred = sorted({b for b in (options.max_batch // 2, options.max_batch) if b >= 1})
     lines = [
         f'name: "{name}"', head, f"max_batch_size: {options.max_batch}",
@@ -101,6 +104,14 @@ def parse_config(text: str):
         raise InputError(f"config.pbtxt does not match Triton's ModelConfig schema: {exc}") from exc
 
 
+def _schema_installed() -> bool:
+    """Whether Triton's ModelConfig protobuf (tritonclient[grpc]) is importable: the check runs where it is."""
+    try:
+        return importlib.util.find_spec("tritonclient.grpc") is not None
+    except ModuleNotFoundError:
+        return False
+
+
 def _output_dims_from_runtime(artifact: Artifact) -> dict[str, tuple[int, ...]]:
     """Run one zero frame through the local runtime: the exact (h,w) of patch_scores and (H,W) of the map."""
     from ..runtime.pipeline import Inspector
@@ -112,8 +123,9 @@ def _output_dims_from_runtime(artifact: Artifact) -> dict[str, tuple[int, ...]]:
     return {"patch_scores": tuple(patch.shape[1:]), "anomaly_map": (spec.height, spec.width)}
 
 
-def _python_form(artifact: Artifact, model_dir: Path, version_dir: Path, options: ServingOptions,
+def _python_form(artifact: Artifact, version_dir: Path, options: ServingOptions,
                  threads: int) -> tuple[str, dict[str, tuple[int, ...]], dict[str, str]]:
+    """The artifact + ``model.py`` into ``version_dir``; → (engine, output dims, config parameters)."""
     from . import triton_model
 
     for rel in (METADATA, *artifact.metadata.files):  # the artifact exactly: listed files + metadata
@@ -126,8 +138,9 @@ def _python_form(artifact: Artifact, model_dir: Path, version_dir: Path, options
     return "python", _output_dims_from_runtime(artifact), params
 
 
-def _onnx_form(artifact: Artifact, model_dir: Path, version_dir: Path, options: ServingOptions,
+def _onnx_form(artifact: Artifact, version_dir: Path, options: ServingOptions,
                threads: int) -> tuple[str, dict[str, tuple[int, ...]], dict[str, str]]:
+    """The merged graph (chunked for ``options.max_batch``) + metadata.json into ``version_dir``."""
     try:
         import onnx
 
@@ -166,6 +179,8 @@ def write_repository(artifact_dir: str | Path, out: str | Path, forms: tuple[str
         raise InputError(f"--version {version}: Triton versions are positive integers")
     if accelerator not in ACCELERATORS:
         raise InputError(f"--accelerator {accelerator}: expected one of {', '.join(ACCELERATORS)}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}", name):
+        raise InputError(f"--name '{name}': expected letters, digits, '_', '.', '-' (a Triton model folder name)")
     unknown = [f for f in forms if f not in FORMS]
     if unknown:
         raise InputError(f"--form {unknown[0]}: expected one of {', '.join(FORMS)}, both")
@@ -180,20 +195,16 @@ def write_repository(artifact_dir: str | Path, out: str | Path, forms: tuple[str
             raise InputError(f"{version_dir} exists: Triton model versions are immutable; pass --version {version + 1}")
         version_dir.mkdir(parents=True)
         try:
-            form_options = options if form == "python" else ServingOptions(options.max_batch, options.instances,
-                                                                           options.queue_delay_us, onnx_kind)
-            engine, dims, params = FORM_WRITERS[form](artifact, model_dir, version_dir, form_options, threads)
+            form_options = options if form == "python" else dataclasses.replace(options, kind=onnx_kind)
+            engine, dims, params = FORM_WRITERS[form](artifact, version_dir, form_options, threads)
             params = {SHA_PARAMETER: artifact.sha256, **params}
             text = model_config(model_name, engine, spec.name, (3, spec.height, spec.width), dims, form_options,
                                 params, accelerator if form == "onnx" else "none")
+            if _schema_installed():
+                parse_config(text)
         except BaseException:
             shutil.rmtree(version_dir, ignore_errors=True)
             raise
-        try:
-            parse_config(text)
-        except InputError as exc:
-            if "needs tritonclient" not in str(exc):
-                raise
         (model_dir / "config.pbtxt").write_text(text)
         written[form] = model_dir
     return written
