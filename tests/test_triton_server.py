@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,20 +71,35 @@ def _records(path):
     return {r["source"]: r for r in map(json.loads, Path(path).read_text().splitlines())}
 
 
-def test_ad_run_through_triton_gives_the_local_records(server, tiny_artifact, line, tmp_path):
+def test_ad_run_processes_through_triton_give_the_local_records(server, tiny_artifact, line, tmp_path):
     _ad_run(tiny_artifact.root, "--source", line, "--jsonl", tmp_path / "local.jsonl", "--quiet")
     local = _records(tmp_path / "local.jsonl")
     assert {r["label"] for r in local.values()} == {"OK", "NG"}  # both decisions are exercised
-    for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
-        out = tmp_path / f"{protocol}.jsonl"
-        _ad_run(tiny_artifact.root, "--source", line, "--backend", "triton", "--url", url, "--protocol", protocol,
-                "--jsonl", out, "--quiet")
-        remote = _records(out)
+    # Two camera boxes at once, one over HTTP, one over gRPC: two ad-run processes, one server.
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    boxes = {protocol: subprocess.Popen(
+        [sys.executable, "-c", "from anomedge.cli.run import main; main()", str(tiny_artifact.root), "--source", str(line),
+         "--backend", "triton", "--url", url, "--protocol", protocol, "--jsonl", str(tmp_path / f"{protocol}.jsonl"),
+         "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url))}
+    for protocol, box in boxes.items():
+        output, _ = box.communicate(timeout=300)
+        assert box.returncode == 0, output
+        remote = _records(tmp_path / f"{protocol}.jsonl")
         assert remote.keys() == local.keys()
         for source, record in local.items():
             np.testing.assert_allclose(remote[source]["score"], record["score"], rtol=1e-5)
             assert remote[source]["label"] == record["label"] and remote[source]["threshold"] == record["threshold"]
             assert remote[source].get("boxes") == record.get("boxes")
+
+
+def test_ad_run_without_url_is_one_line(tiny_artifact, line):
+    from click.testing import CliRunner
+
+    from anomedge.cli.run import main
+
+    result = CliRunner().invoke(main, [str(tiny_artifact.root), "--source", str(line), "--backend", "triton"])
+    assert result.exit_code == 2 and "needs --url HOST:PORT" in result.output
 
 
 def test_concurrent_cameras_are_batched(server, tiny_artifact, line):

@@ -162,7 +162,9 @@ def rescore(archive: str, artifact: str, out: str | Path, *, address: str | None
         raise InputError(f"--batch-size {batch_size} / --actors {actors}: expected at least 1")
     if not resume and (out.exists() or _partial(out).exists()):
         raise InputError(f"{out} exists: pass --resume to add only the frames not in it, or choose another --out")
-    Artifact.load(artifact)  # a bad artifact fails here with one line, before any cluster starts
+    loaded = Artifact.load(artifact)  # a bad artifact fails here with one line, before any cluster starts
+    if threshold is None and loaded.metadata.thresholds.get("image") is None:
+        raise InputError(f"{artifact}: no image threshold in metadata; run ad-calibrate or pass --threshold")
     try:
         import ray
         import ray.data
