@@ -9,7 +9,6 @@ range (ONNX Resize + Conv blur vs cv2); python model vs Inspector — exact (the
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import sys
 
@@ -17,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from anomedge.errors import ArtifactError, BackendUnavailable, InputError
+from anomedge.errors import BackendUnavailable, InputError
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.postprocess import image_scores
 from anomedge.runtime.preprocess import preprocess, read_image
