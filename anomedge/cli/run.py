@@ -69,6 +69,10 @@ from .common import one_line_errors
 @click.option("--trust", multiple=True, type=click.Path(dir_okay=False),
               help="Public key (PEM) whose signature the artifact must carry (repeatable; implies --require-signature).")
 @click.option("--require-signature", is_flag=True, help="Refuse an unsigned artifact (a wrong signature is always refused).")
+@click.option("--url", default=None, help="--backend triton: the Triton server HOST:PORT (8000 http, 8001 grpc).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="--backend triton: protocol of --url.")
+@click.option("--model", "model_name", default=None, help="--backend triton: model name in the repository (default anomedge).")
 @click.option("--json", "as_json", is_flag=True, help="Print each record as a JSON line on stdout (default: a readable line).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
@@ -76,7 +80,7 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
          gain, roi, policy, capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend,
          device, precision, placement, allow_fallback, threads, threshold, on_error, max_pixels, knn_kernel,
          skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt, serve, trust,
-         require_signature, as_json, quiet):
+         require_signature, url, protocol, model_name, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import logging
@@ -148,6 +152,8 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
                 stack.callback(frames.close)
 
         options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
+        if backend == "triton":
+            options.update(url=url, protocol=protocol, model=model_name)
         inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold, threads=threads,
                                                   knn_kernel=knn_kernel, placement=placement, **options))
         if inspector.threshold is None:
