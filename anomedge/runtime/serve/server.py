@@ -170,6 +170,7 @@ def make_handler(view: "LiveView") -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "anomedge"
         protocol_version = "HTTP/1.1"
+        default_request_version = "HTTP/1.0"  # an HTTP/0.9-looking line still gets a status line
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -179,7 +180,7 @@ def make_handler(view: "LiveView") -> type[BaseHTTPRequestHandler]:
             self.rfile = DeadlineReader(self.rfile, self.connection, view.read_timeout_s)  # type: ignore[assignment]
 
         def handle_one_request(self) -> None:
-            self.command, self.requestline, self.request_version = None, "", "HTTP/1.1"  # type: ignore[assignment]
+            self.command, self.requestline, self.request_version = None, "", "HTTP/1.0"  # type: ignore[assignment]
             self.rfile.start(view.request_timeout_s)  # type: ignore[attr-defined]
             try:
                 self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
