@@ -16,28 +16,24 @@ main{padding:0 1em 1em}
 #banner{padding:.45em 1em;font-weight:600}
 .running{background:#1f6f2f}.idle{background:#555}.stale,.lost{background:#b8860b}.disconnected{background:#c0392b}
 .finished{background:#2c5d8a}
-#frame{width:min(60vw,900px);min-width:300px;height:auto;border:3px solid #444;background:#000;display:block}
+#frame{height:min(64vh,760px);min-height:300px;width:auto;max-width:60vw;object-fit:contain;border:3px solid #444;background:#000;display:block}
 .OK{background:#2a7d2a}.NG{background:#c0392b}.ERROR{background:#888}
 #label{font-size:2em;padding:0 .3em;border-radius:4px}
 table td{padding:2px 10px}td.v{text-align:right;font-variant-numeric:tabular-nums}
 #big{font-size:1.4em}#big td{padding:2px 14px}
 #gallery{display:flex;flex-wrap:wrap;gap:6px}#gallery figure{margin:0;font-size:.8em;color:#bbb}
-#gallery img{width:160px;display:block;border:2px solid #c0392b}
+#gallery img{width:140px;display:block;border:2px solid #c0392b}
 button{font-size:1em;margin-right:.5em}#acked{color:#f39c12;font-weight:600}
 svg text{fill:#aaa;font-size:11px}
 </style></head><body>
 <div id="banner" class="idle">connecting…</div>
 <main>
 <h2>anomedge live <span id="label"></span> <span id="lastscore" style="font-size:.7em;color:#bbb"></span></h2>
-<div style="display:flex;gap:2em;flex-wrap:wrap">
+<div style="display:flex;gap:2em;align-items:flex-start">
 <div><img id="frame" alt="waiting for the first frame">
 <p><button id="pause">Pause</button><button id="ack">Acknowledge NG</button><span id="acked"></span></p>
-<svg id="trend" width="600" height="160" viewBox="0 0 600 160" role="img" aria-label="score vs threshold">
-<rect width="600" height="160" fill="#1a1a1a"/><polyline id="scores" fill="none" stroke="#7fb3ff" stroke-width="1.5"/>
-<line id="thr" x1="0" x2="600" stroke="#e74c3c" stroke-dasharray="5,4"/><g id="ngdots"></g>
-<text x="4" y="12">score (blue) vs threshold (red dashes), last frames</text><text id="ymax" x="560" y="12"></text></svg>
 </div>
-<div>
+<div style="flex:1;min-width:320px;max-width:640px">
 <table id="big"><tr><td>yield</td><td class="v" id="yield">-</td></tr><tr><td>NG</td><td class="v" id="ngpct">-</td></tr></table>
 <table>
 <tr><td>frames</td><td class="v" id="frames">0</td></tr><tr><td>OK</td><td class="v" id="ok">0</td></tr>
@@ -47,8 +43,12 @@ svg text{fill:#aaa;font-size:11px}
 <tr><td>last score</td><td class="v" id="score">-</td></tr><tr><td>source</td><td class="v" id="source">-</td></tr>
 </table>
 <p id="meta" style="color:#999"></p>
-</div></div>
+<svg id="trend" width="100%" height="160" preserveAspectRatio="none" viewBox="0 0 600 160" role="img" aria-label="score vs threshold">
+<rect width="600" height="160" fill="#1a1a1a"/><polyline id="scores" fill="none" stroke="#7fb3ff" stroke-width="1.5"/>
+<line id="thr" x1="0" x2="600" stroke="#e74c3c" stroke-dasharray="5,4"/><g id="ngdots"></g>
+<text x="4" y="12">score (blue) vs threshold (red dashes), last frames</text><text id="ymax" x="560" y="12"></text></svg>
 <h3>last NG frames</h3><div id="gallery"><span style="color:#888">none yet</span></div>
+</div></div>
 </main>
 <script>
 const $ = id => document.getElementById(id);
