@@ -259,6 +259,9 @@ def make_handler(view: "LiveView") -> type[BaseHTTPRequestHandler]:
                         return
                     raise HttpError(401, "missing or wrong token: send 'Authorization: Bearer TOKEN'",
                                     {"WWW-Authenticate": 'Bearer realm="anomedge"'})
+                if method not in STATE_CHANGING and (self.headers.get("Transfer-Encoding")
+                                                     or (self.headers.get("Content-Length") or "0").strip() != "0"):
+                    self.close_connection = True  # a body nobody reads must not be parsed as the next request
                 getattr(actions, route.action)(self, view, url)
             except HttpError as exc:
                 if exc.code >= 400 and method in STATE_CHANGING:
