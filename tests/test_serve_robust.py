@@ -124,3 +124,40 @@ def test_keeps_answering_after_the_source_finished(tiny_artifact, tmp_path, elpv
         status = body_of(request(view.port, "GET", "/api/status"))
         assert status["state"] == "finished" and status["counters"]["frames"] == 3 and status["finished_at"] > 0
         assert "anomedge_source_finished 1" in request(view.port, "GET", "/metrics").decode()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_ad_run_keeps_serving_after_a_folder_ends(tiny_artifact, elpv_paths, tmp_path):
+    import json
+    import shutil
+    import signal
+    import subprocess
+    import sys
+
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for p in elpv_paths[:3]:
+        shutil.copy(p, folder / p.name)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-c", "from anomedge.cli.run import main; main()", str(tiny_artifact.root),
+                             "--source", str(folder), "--serve", f"127.0.0.1:{port}", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, status = time.monotonic() + 60, {}
+        while status.get("state") != "finished":
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not reach 'finished' while serving"
+            time.sleep(0.3)
+            try:
+                status = body_of(request(port, "GET", "/api/status", timeout=3))
+            except (OSError, json.JSONDecodeError, IndexError):
+                status = {}
+        assert status["counters"]["frames"] == 3
+        time.sleep(1.0)
+        assert proc.poll() is None and status_of(request(port, "GET", "/healthz")) == 200  # still up
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "source finished" in err and "3 frames" in out
