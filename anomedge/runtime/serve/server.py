@@ -168,6 +168,9 @@ def make_handler(view: "LiveView") -> type[BaseHTTPRequestHandler]:
     from . import actions
 
     class Handler(BaseHTTPRequestHandler):
+        """One request per ``handle_one_request``: read under the deadline, then ``dispatch``: Host → route →
+        method → Origin (state-changing) → throttle → token → ``actions.<route.action>``."""
+
         server_version = "anomedge"
         protocol_version = "HTTP/1.1"
         default_request_version = "HTTP/1.0"  # an HTTP/0.9-looking line still gets a status line
@@ -267,10 +270,8 @@ def make_handler(view: "LiveView") -> type[BaseHTTPRequestHandler]:
                 if exc.code >= 400 and method in STATE_CHANGING:
                     self.close_connection = True  # an unread body must not be taken for the next request
                 self.send_json(exc.code, {"error": str(exc)}, exc.headers)
-            except RequestTimeout:
-                raise
-            except OSError:
-                raise
+            except (RequestTimeout, OSError):
+                raise  # the connection, not the request, failed: handle_one_request closes it
             except Exception as exc:  # a bug must still answer, and be logged
                 log.exception("live view: %s %s failed", self.command, url.path)
                 self.close_connection = True
