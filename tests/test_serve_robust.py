@@ -161,3 +161,22 @@ def test_ad_run_keeps_serving_after_a_folder_ends(tiny_artifact, elpv_paths, tmp
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "source finished" in err and "3 frames" in out
+
+
+@pytest.mark.timeout(60)
+def test_stream_viewers_are_capped(tiny_artifact, tmp_path):
+    with serving(tiny_artifact, tmp_path, max_streams=1) as (view, _, _):
+        viewer = socket.create_connection(("127.0.0.1", view.port), timeout=5)
+        try:
+            viewer.sendall(b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert viewer.recv(64).startswith(b"HTTP/1.1 200")
+            answer = request(view.port, "GET", "/stream.mjpg", timeout=5)
+            assert status_of(answer) == 503 and "stream viewers" in body_of(answer)["error"]
+        finally:
+            viewer.close()
+        deadline = time.monotonic() + 10  # the slot comes back when the viewer has gone
+        while True:
+            answer = raw(view.port, b"GET /stream.mjpg HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", timeout=1.5)
+            if status_of(answer) == 200:
+                break
+            assert time.monotonic() < deadline, answer[:100]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import select
+import socket
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import SplitResult, parse_qs
@@ -24,7 +26,8 @@ ERROR_CODES = ((NotAnImage, 415), (OverBudget, 413), (multipart.TooManyParts, 41
 def page(h: Any, view: "LiveView", url: SplitResult) -> None:
     h.send_body(200, PAGE.encode(), "text/html; charset=utf-8",
                 {"Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' 'self'; "
-                                            "style-src 'unsafe-inline'; img-src 'self' data:"})
+                                            "style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
+                 "X-Frame-Options": "DENY"})
 
 
 def status(h: Any, view: "LiveView", url: SplitResult) -> None:
@@ -53,7 +56,27 @@ def ng_frame(h: Any, view: "LiveView", url: SplitResult) -> None:
     h.send_body(200, data, "image/jpeg", {"Cache-Control": "private, max-age=3600"})
 
 
+def client_gone(sock: socket.socket) -> bool:
+    """True once the peer has closed (readable with EOF) — a viewer of a still picture never writes."""
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable) and sock.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 def stream(h: Any, view: "LiveView", url: SplitResult) -> None:
+    """MJPEG until the client goes or the server closes; at most ``view.streams`` viewers at once (503)."""
+    if h.command != "HEAD" and not view.streams.acquire(blocking=False):
+        raise HttpError(503, "too many stream viewers: use /frame.jpg or try again later", {"Retry-After": "5"})
+    try:
+        _stream(h, view)
+    finally:
+        if h.command != "HEAD":
+            view.streams.release()
+
+
+def _stream(h: Any, view: "LiveView") -> None:
     h.send_response(200)
     h.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
     h.send_header("Cache-Control", "no-store")
@@ -65,7 +88,7 @@ def stream(h: Any, view: "LiveView", url: SplitResult) -> None:
     h.close_connection = True
     h.end_headers()
     seen = -1
-    while not view.closing.is_set():
+    while not view.closing.is_set() and not client_gone(h.connection):
         version = view.wait_frame(seen, 1.0)
         data = view.jpeg() if version != seen else None
         seen = version

@@ -48,7 +48,7 @@ class LiveView:
                  capture: Any = None, max_upload_bytes: int = 20 << 20, history: int = 200, *,
                  token: str | None = None, allowed_hosts: tuple[str, ...] = (), max_connections: int = 32,
                  request_timeout_s: float = 30.0, read_timeout_s: float = 10.0, max_pixels: int = MAX_PIXELS,
-                 max_parts: int = 16, gallery: int = 8):
+                 max_parts: int = 16, gallery: int = 8, max_streams: int = 8):
         check_bind(host, token)
         self.runner = runner
         self.info = info
@@ -57,6 +57,7 @@ class LiveView:
         self.max_upload_bytes = max_upload_bytes
         self.max_pixels, self.max_parts = max_pixels, max_parts
         self.request_timeout_s, self.read_timeout_s = request_timeout_s, read_timeout_s
+        self.streams = threading.BoundedSemaphore(max_streams)  # MJPEG viewers hold a connection each
         self.last: collections.deque = collections.deque(maxlen=history)
         self.gallery: collections.deque = collections.deque(maxlen=gallery)  # [id, brief, image, map, jpeg|None]
         self._ids = itertools.count(1)
