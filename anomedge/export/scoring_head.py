@@ -224,8 +224,12 @@ def merge_with_backbone(backbone, head):
     if opset.get("", OPSET) != OPSET:
         del head.opset_import[:]
         head.opset_import.extend([helper.make_opsetid("", opset[""])])
-    return compose.merge_models(backbone, head, io_map=[("features", "features")],
-                                outputs=[o.name for o in head.graph.output])
+    merged = compose.merge_models(backbone, head, io_map=[("features", "features")],
+                                  outputs=[o.name for o in head.graph.output])
+    opsets = {o.domain: o.version for o in merged.opset_import}  # merge_models lists the default twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    return merged
 
 
 def add_graph_placement(artifact_dir: str | Path, merged: bool = True, with_map: bool = False, **options) -> Path:
