@@ -179,7 +179,8 @@ def build_engine(artifact_dir: str | Path, precision: str = "fp32", profile: Eng
     return root / ENGINE_FILE
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m anomedge.export.tensorrt``."""
     parser = argparse.ArgumentParser(prog="python -m anomedge.export.tensorrt", description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32")
@@ -190,7 +191,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="graph: build model.graph.onnx (scoring inside the engine)")
     parser.add_argument("--device", type=int, default=0, help="GPU index")
     parser.add_argument("--print-trtexec", action="store_true", help="only print the equivalent trtexec command")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         lo, opt, hi = (int(v) for v in args.batch.split(","))
         profile = EngineProfile(lo, opt, hi, args.workspace_mib)
