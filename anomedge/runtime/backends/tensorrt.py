@@ -255,8 +255,10 @@ class TensorRtBackend(Backend):
         check_cuda(rt.cudaStreamBeginCapture(self.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal))
         try:
             shapes = self._enqueue(context, 1)
-        except BackendUnavailable as exc:
-            rt.cudaStreamEndCapture(self.stream)  # leave capture mode; the partial graph is dropped
+        except (BackendUnavailable, RuntimeError) as exc:
+            _, partial = rt.cudaStreamEndCapture(self.stream)  # leave capture mode, drop what was captured
+            if partial is not None and int(partial):
+                rt.cudaGraphDestroy(partial)
             warnings.warn(f"CUDA graph capture failed ({exc}); batch 1 runs without a graph", stacklevel=3)
             return False
         graph = check_cuda(rt.cudaStreamEndCapture(self.stream))
