@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors
 
 
@@ -43,7 +44,7 @@ from .common import one_line_errors
 @click.option("--open-timeout-s", type=float, default=10.0, show_default=True, help="Give up opening a source after this.")
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
               help="Model variant (fp16 / int8 made by ad-quantize) or OpenVINO inference precision (fp32 / bf16 / fp16).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default=None,
               help="Scoring on the host (fused kernel) or inside the graph (default: as recorded in the artifact).")
