@@ -89,7 +89,7 @@ def test_tensorrt_ep_profile_covers_batch_1_to_max():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"qdq_fuson": "off"}, "backend onnxruntime has no option 'qdq_fuson'; valid options: knn_kernel, threads, "
+    ({"qdq_fuson": "off"}, "backend onnxruntime has no option 'qdq_fuson'; valid options: threads, "
                            "model_file, precision, allow_fallback"),
     ({"qdq_fusion": "maybe"}, "qdq_fusion 'maybe': expected one of auto, on, off"),
     ({"precision": "bf16"}, "backend onnxruntime does not run precision 'bf16': it runs fp32, fp16, int8; "

@@ -88,7 +88,7 @@ def test_backend_refuses_another_precision_or_placement_than_its_engine(tiny_art
     with pytest.raises(ArtifactError, match="built from model.onnx, this run needs model.graph.onnx \\(placement graph\\)"
                                             ".*--placement graph"):
         TensorRtBackend(artifact, model_file="model.graph.onnx")
-    with pytest.raises(InputError, match="backend tensorrt has no option 'cuda_grpah'; valid options: knn_kernel, "
+    with pytest.raises(InputError, match="backend tensorrt has no option 'cuda_grpah'; valid options: "
                                          "threads, model_file, precision, cuda_graph, device_id"):
         TensorRtBackend(artifact, cuda_grpah=True)
     with pytest.raises(InputError, match="device 'cpu': expected cuda, cuda:N or a GPU index N"):
@@ -98,7 +98,7 @@ def test_backend_refuses_another_precision_or_placement_than_its_engine(tiny_art
 
 
 def test_graph_placement_engine_source(tiny_artifact, tmp_path):
-    from anomedge.export.scoring_head import add_graph_placement
+    from anomedge.export.writer import add_graph_placement
     from anomedge.export.tensorrt import onnx_file
 
     with pytest.raises(ArtifactError, match="no model.graph.onnx for placement graph"):
@@ -117,7 +117,7 @@ def test_graph_the_tensorrt_importer_gets(tiny_artifact, tmp_path):
     (no ``axes``; 2-element sizes on a dynamic batch are what the ONNX-TensorRT importer refuses)."""
     import onnx
 
-    from anomedge.export.scoring_head import add_graph_placement
+    from anomedge.export.writer import add_graph_placement
 
     root = tmp_path / "a"
     shutil.copytree(tiny_artifact.root, root)
@@ -234,7 +234,7 @@ def test_graph_placement_engine_and_timing_cache(tiny_artifact, tmp_path, elpv_p
     """The merged graph (scoring head inside) builds and matches onnxruntime CPU's graph placement; a
     timing cache TensorRT refuses is replaced (warned), and the cache lives in the artifact."""
     _require_gpu()
-    from anomedge.export.scoring_head import add_graph_placement
+    from anomedge.export.writer import add_graph_placement
     from anomedge.export.tensorrt import TIMING_CACHE, build_engine
     from anomedge.runtime.heads import graph_view
     from anomedge.runtime.pipeline import Inspector
