@@ -172,3 +172,18 @@ def test_fit_normalizer():
     # all scores equal to the threshold: a unit span
     norm = fit_normalizer([2.0] * 5, 2.0)
     assert (norm.min, norm.max) == (0.0, 4.0)
+
+
+def test_pixel_threshold_good_keeps_every_good_image_below_at_q1_and_is_the_quantile_of_maxima():
+    from anomedge.calibrate.thresholds import pixel_threshold_good
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((50, 8, 8)).astype(np.float32)
+    maps[:, 0, 0] += np.linspace(1, 2, 50)  # hot corners, as a zero-padded CNN gives
+    assert pixel_threshold_good(maps, 1.0) == pytest.approx(float(maps.max()))
+    t = pixel_threshold_good(maps, 0.9)
+    assert t == pytest.approx(float(np.quantile(maps.reshape(50, -1).max(1), 0.9)))
+    assert np.mean((maps > t).any(axis=(1, 2))) <= 0.1 + 1e-9
+    assert np.quantile(maps, 0.99) < t  # the old all-pixel quantile lets the hot corners through
+    with pytest.raises(InputError):
+        pixel_threshold_good(np.zeros((0, 4, 4)))

@@ -23,7 +23,7 @@ from ..runtime.pipeline import Inspector
 from ..runtime.preprocess import read_image
 from .metrics import f1_max
 from .normalize import fit_normalizer
-from .thresholds import MIN_GOOD, compute_threshold
+from .thresholds import MIN_GOOD, compute_threshold, pixel_threshold_good
 
 HISTORY_LIMIT = 20
 
@@ -131,7 +131,8 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
 
 
 def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q: float) -> float | None:
-    """Pixel threshold: F1-max over validation pixels when masks exist, else quantile ``q`` of good pixels."""
+    """Pixel threshold: F1-max over validation pixels when masks exist, else the ``q`` quantile of the good
+    maps' per-image maxima (``pixel_threshold_good``)."""
     masks_paths = val_spec[2] if val_spec else None
     if val is not None and masks_paths is not None:
         masks = read_masks([masks_paths[i] for i in keep], val.maps.shape[1:], val.sizes)
@@ -139,4 +140,4 @@ def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q:
             return float(f1_max(masks.ravel().astype(np.int8), val.maps.ravel())[1])
     if good is None:
         return None
-    return float(np.quantile(good.maps, q))
+    return pixel_threshold_good(good.maps, q)

@@ -28,6 +28,7 @@ __all__ = [
     "METHODS",
     "compute_threshold",
     "MIN_GOOD",
+    "pixel_threshold_good",
 ]
 
 MIN_GOOD = 20
@@ -124,6 +125,20 @@ def f1_threshold(labels, scores) -> ThresholdResult:
         )
     f1, value = f1_max(y, s)
     return ThresholdResult(value, "f1", {"f1": f1}, n_good=n_good, n_defect=n_defect)
+
+
+def pixel_threshold_good(maps, q: float = 0.99) -> float:
+    """Pixel threshold from good anomaly maps (N,H,W): the ``q`` quantile of the per-image maxima.
+
+    So a fraction ``q`` of the good images has no pixel above it: no box at all on them, borders
+    included. (A quantile over all pixels puts 1 − q of every good image's pixels above the
+    threshold by construction — on synthetic:brick those were mostly border pixels, and most NG
+    boxes lay on no defect.)
+    """
+    m = _as_scores(maps, "good maps")
+    if m.ndim < 2 or m.shape[0] == 0:
+        raise InputError(f"good maps of shape {m.shape}: expected (N, H, W) with N ≥ 1")
+    return float(np.quantile(m.reshape(m.shape[0], -1).max(axis=1), q))
 
 
 # ------------------------------------------------------------------ uniform table
