@@ -87,11 +87,15 @@ def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int],
 
 def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "quantile",
               val: tuple[Sequence[Path], np.ndarray, Sequence[Path | None] | None] | None = None,
-              backend: str = "onnxruntime", **params: Any) -> dict[str, Any]:
+              backend: str = "onnxruntime", precision: str = "fp32", **params: Any) -> dict[str, Any]:
     """Compute and store new thresholds; returns the new thresholds block.
 
     ``good``: paths of good images; ``val``: (paths, labels (N,) 0/1, mask paths or None) of a labelled
     validation set (needed for ``f1``). ``params``: the method's (``q`` for quantile, ``target`` for frr).
+    ``precision`` other than fp32 scores through that model variant (e.g. int8, which shifts scores) and
+    stores the block under ``thresholds.variants.<precision>`` (image, pixel, normalization, …), leaving
+    the fp32 thresholds as they are. Without masks and without good images the pixel threshold in force
+    is kept.
     """
     root = Path(artifact_dir)
     if val is not None and len(val[1]) != len(val[0]):
@@ -100,7 +104,8 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     before = (root / METADATA).read_bytes()
     if len(good) and len(good) < MIN_GOOD:
         warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
-    with Inspector(artifact, backend) as inspector:
+    options = {} if precision == "fp32" else {"precision": precision}
+    with Inspector(artifact, backend, **options) as inspector:
         good_scored = score_paths(inspector, good) if len(good) else None
         val_scored = score_paths(inspector, val[0]) if val else None
     val_pair = None
@@ -112,20 +117,39 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     good_scores = good_scored.scores if good_scored else val_pair[1][val_pair[0] == 0]
     result = compute_threshold(method, good_scores, val_pair, **params)
     all_scores = np.concatenate([good_scores] + ([val_pair[1]] if val_pair else []))
+    meta = json.loads(before)
+    current = dict(meta.get("thresholds") or {})
+    if precision != "fp32":
+        current = dict((current.get("variants") or {}).get(precision) or {})
+    pixel = _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99))
+    pixel_note = None
+    if pixel is None and current.get("pixel") is not None:
+        pixel = float(current["pixel"])
+        pixel_note = "no masks and no good images: pixel threshold kept from before"
     block: dict[str, Any] = {
         "image": float(result.value), "method": result.method, "params": result.params,
         "n_good": int(result.n_good), "n_defect": int(result.n_defect), "note": result.note,
         "normalization": fit_normalizer(good_scores, result.value, all_scores).to_dict(),
-        "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
+        "pixel": pixel,
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if (root / METADATA).read_bytes() != before:
         raise InputError(f"{root / METADATA} changed while calibrating; run ad-calibrate again")
-    meta = json.loads(before)
-    old = dict(meta.get("thresholds") or {})
+    if pixel_note:
+        block["pixel_note"] = pixel_note
+    if precision != "fp32":
+        block["precision"] = precision
+    old = dict(current)
+    old.pop("variants", None)
     history = old.pop("history", [])
     block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
-    meta["thresholds"] = block
+    if precision == "fp32":
+        variants = (meta.get("thresholds") or {}).get("variants")
+        meta["thresholds"] = {**block, **({"variants": variants} if variants else {})}
+    else:
+        thresholds = dict(meta.get("thresholds") or {})
+        thresholds["variants"] = {**(thresholds.get("variants") or {}), precision: block}
+        meta["thresholds"] = thresholds
     write_metadata(root, meta)
     return block
 
