@@ -2,8 +2,9 @@
 crash or SIGKILL loses at most the record in flight.
 
 - ``JsonlSink(path, fsync=False, rotate_mb=None)``: one JSON object per line.
-- ``CsvSink(path, ...)``: the columns of ``CSV_COLUMNS``; ``ms`` and ``boxes`` as JSON text; the header
-  is written once per file.
+- ``CsvSink(path, ...)``: the columns of ``CSV_COLUMNS``: ``time`` is the timestamp as ISO 8601 UTC
+  (``timestamp`` stays epoch seconds), one ``<stage>_ms`` column per stage (``total_ms``, ``preprocess_ms``,
+  …), ``boxes`` as JSON text; the header is written once per file.
 
 With ``rotate_mb`` the file is closed once it reaches that size and renamed ``<stem>.<NNNN><suffix>``
 (numbered upwards, never overwritten); the next record starts a fresh file at ``path``. The path is
@@ -13,6 +14,7 @@ opened at construction, so an unwritable location fails at start-up (``InputErro
 from __future__ import annotations
 
 import csv
+from datetime import datetime, timezone
 import io
 import json
 import os
@@ -22,8 +24,9 @@ from typing import Any
 
 from ..errors import InputError
 
-CSV_COLUMNS = ("source", "index", "timestamp", "label", "score", "score_normalized", "threshold", "dropped",
-               "ms", "boxes", "overlay", "error")
+CSV_MS = ("total", "preprocess", "infer", "score", "postprocess")
+CSV_COLUMNS = ("source", "index", "time", "timestamp", "label", "score", "score_normalized", "threshold", "dropped",
+               *(f"{stage}_ms" for stage in CSV_MS), "boxes", "overlay", "error")
 
 
 class _RotatingFile:
@@ -101,9 +104,13 @@ class CsvSink:
 
     def write(self, record: dict[str, Any]) -> None:
         row = {k: record.get(k, "") for k in CSV_COLUMNS}
-        for key in ("ms", "boxes"):
-            if key in record:
-                row[key] = json.dumps(record[key], separators=(",", ":"))
+        for stage, value in (record.get("ms") or {}).items():
+            if f"{stage}_ms" in row:
+                row[f"{stage}_ms"] = value
+        if isinstance(record.get("timestamp"), (int, float)):
+            row["time"] = datetime.fromtimestamp(record["timestamp"], timezone.utc).isoformat(timespec="milliseconds")
+        if "boxes" in record:
+            row["boxes"] = json.dumps(record["boxes"], separators=(",", ":"))
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         if self._file.is_empty:
