@@ -157,7 +157,7 @@ def main(artifact, data, backends, device, placements, allow_fallback, runs, war
     from .runs import record_run
 
     record_run(registry, "bench", artifact, params={"data": data, "backends": names, "runs": runs, "threads": threads},
-               latency={r.backend: r.row() for r in reports}, metrics=race or {})
+               latency={f"{r.backend}:{r.precision}": r.row() for r in reports}, metrics=race or {})
     if gate is not None:
         failed = [r for r in rows if r.get("parity") == "FAIL"]
         unrun = [r for r in rows if "note" in r]
