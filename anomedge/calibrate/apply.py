@@ -40,10 +40,14 @@ class Scored:
     sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
-def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
-    """Score every readable image; unreadable ones are skipped with a warning naming the file."""
+def score_paths(inspector: Inspector, paths: Sequence[Path], progress: bool | None = False,
+                desc: str = "scoring") -> Scored:
+    """Score every readable image; unreadable ones are skipped with a warning naming the file.
+    ``progress``: None = a bar on a tty / a few lines when piped (anomedge.progress), False = silent."""
+    from ..progress import steps
+
     kept, scores, maps, skipped, sizes = [], [], [], [], []
-    for path in paths:
+    for path in steps(paths, len(paths), desc, progress):
         try:
             frame = read_image(path)
             result = inspector.inspect([frame])
@@ -106,8 +110,8 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
         warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
     options = {} if precision == "fp32" else {"precision": precision}
     with Inspector(artifact, backend, **options) as inspector:
-        good_scored = score_paths(inspector, good) if len(good) else None
-        val_scored = score_paths(inspector, val[0]) if val else None
+        good_scored = score_paths(inspector, good, None, "scoring good images") if len(good) else None
+        val_scored = score_paths(inspector, val[0], None, "scoring the validation set") if val else None
     val_pair = None
     if val is not None:
         labels = np.asarray(val[1], np.int8)

@@ -32,7 +32,7 @@ def main(artifact, data, out, backend, precision, registry):
     paths, labels, mask_paths = validation_set(data)
     extra = {} if precision == "fp32" else {"precision": precision}
     with Inspector(loaded, backend, **extra) as inspector:
-        scored = score_paths(inspector, paths)
+        scored = score_paths(inspector, paths, progress=None, desc="ad-eval: scoring")
         threshold = inspector.threshold
     scored_paths = set(scored.paths)
     keep = [i for i, p in enumerate(paths) if Path(p) in scored_paths]
