@@ -270,7 +270,7 @@ def test_border_pad_keeps_shapes_and_equals_manual_mirror_then_crop():
     padded = build_backbone(spec)
     assert isinstance(padded, BorderPadded) and padded.spec.border_pad == 32
     inner = padded.extractor
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         got = padded(x)
         plain = inner(x)
@@ -285,8 +285,34 @@ def test_border_pad_keeps_shapes_and_equals_manual_mirror_then_crop():
 def test_border_pad_shrinks_below_the_input_size_and_old_specs_read_as_off():
     padded = build_backbone(BackboneSpec(weights="none", border_pad=32))
     with torch.no_grad():
-        out = padded(torch.zeros(1, 3, 24, 24))  # reflection needs pad < 24 → 16 (a multiple of stride 16)
-    assert [tuple(o.shape[-2:]) for o in out] == [(3, 3), (2, 2)]
+        x = torch.rand(1, 3, 128, 128)
+        out = padded(x)  # pad ≤ 0.15 · 128 = 19 → 16 (a multiple of stride 16)
+        manual = padded.extractor(torch.nn.functional.pad(x, (16,) * 4, mode="reflect"))
+        small = torch.rand(1, 3, 64, 64)
+        tiny = padded(small)  # 0.15 · 64 = 9 < stride 16: no padding at all
+        plain = padded.extractor(small)
+    assert [tuple(o.shape[-2:]) for o in out] == [(16, 16), (8, 8)]
+    torch.testing.assert_close(out[0], manual[0][..., 2:-2, 2:-2], rtol=0, atol=0)
+    torch.testing.assert_close(tiny[0], plain[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_border_padded_features_export_to_onnx_and_match_torch(tmp_path):
+    import onnxruntime as ort
+
+    from anomedge.artifact import InputSpec
+    from anomedge.export.onnx import export_onnx
+    from anomedge.models.patchcore import PatchFeatures
+
+    module = PatchFeatures(build_backbone(BackboneSpec(border_pad=32)), 3).eval()
+    spec = InputSpec(name="image", height=224, width=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    path = export_onnx(module, spec, tmp_path / "f.onnx", ["features"])
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = module(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert got.shape == ref.shape == (2, 152, 28, 28)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
     stored = {k: v for k, v in BackboneSpec().to_dict().items() if k != "border_pad"}
     assert BackboneSpec.from_dict(stored).border_pad == 0
     assert BackboneSpec().border_pad == 32

@@ -44,11 +44,13 @@ def model_mib(artifact, report) -> float | None:
     name = report.backend.split(" ")[0]
     if artifact is None or name not in ("onnxruntime", "openvino") or report.error:
         return None
+    from ..errors import ArtifactError
+
     try:
-        path = artifact.path(artifact.variant(report.precision if report.precision in ("fp16", "int8") else "fp32"))
-    except Exception:  # a precision without its own file (bf16: an inference setting)
-        path = artifact.path(artifact.variant("fp32"))
-    return path.stat().st_size / 2**20
+        name = artifact.variant(report.precision if report.precision in ("fp16", "int8") else "fp32")
+    except ArtifactError:  # an OpenVINO fp16 without its own file: an inference setting on model.onnx
+        name = artifact.variant("fp32")
+    return artifact.path(name).stat().st_size / 2**20
 
 
 def within(ref: np.ndarray, scores: np.ndarray, atol: float, rtol: float) -> bool:
