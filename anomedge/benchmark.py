@@ -97,22 +97,27 @@ class BackendReport:
 
 def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[str], reference: str = "torch",
                    runs: int = 100, warmup: int = 10, threads: int | None = 2, placements: Sequence[str] = ("host",),
-                   options: dict[str, Any] | None = None) -> list[BackendReport]:
+                   options: dict[str, Any] | None = None,
+                   on_entry: Callable[[str], None] | None = None) -> list[BackendReport]:
     """Latency of each backend (batch 1) and parity of its scores/maps on all ``frames`` vs ``reference``.
 
     A backend entry may name a precision variant: ``onnxruntime:fp16``, ``onnxruntime:int8``,
     ``openvino:bf16``. Each non-reference entry runs once per placement (host / graph scoring).
-    The reference comes first in the result; a backend that cannot run here is reported with its reason.
+    The reference comes first in the result (``reference=None``: not run, no parity); a backend that
+    cannot run here is reported with its reason. ``on_entry(label)`` is called before each entry runs.
     """
     from .errors import AnomedgeError
 
-    runs_plan = [(reference, "host")] + [(b, p) for b in backends if b != reference for p in placements]
+    runs_plan = ([(reference, "host")] if reference else []) + [(b, p) for b in backends if b != reference
+                                                                 for p in placements]
     reports: list[BackendReport] = []
     ref_scores = ref_maps = None
     for entry, placement in runs_plan:
         name, _, precision = entry.partition(":")
         extra = {"precision": precision} if precision else {}
         label = name if placement == "host" else f"{name} [graph]"
+        if on_entry is not None:
+            on_entry(f"{label}{':' + precision if precision else ''}")
         try:
             with Inspector(artifact, name, threads=threads, placement=placement, **extra, **(options or {})) as inspector:
                 scores, maps = score_frames(inspector, frames)

@@ -251,6 +251,44 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+SUMMARY_COLUMNS = ("id", "kind", "created", "artifact", "data", "detector", "AUROC", "pixel AUROC", "p50 ms")
+"""The fixed columns of ``ad-runs list``; a run without a value shows ``-``."""
+
+
+def _first(run: Mapping[str, Any], *paths: str) -> Any:
+    for path in paths:
+        value = _lookup(run, path)
+        if value is not None and not isinstance(value, Mapping):
+            return value
+    return None
+
+
+def _p50(run: Mapping[str, Any]) -> float | None:
+    """p50 of an eval/run, or of a bench's first non-reference backend that ran."""
+    value = _first(run, "latency.p50_ms", "metrics.p50_ms")
+    if value is not None:
+        return value
+    for name, row in (run.get("latency") or {}).items():
+        if not name.startswith("torch") and isinstance(row, Mapping) and isinstance(row.get("p50 ms"), (int, float)):
+            return float(row["p50 ms"])
+    return None
+
+
+def summary_row(run: Mapping[str, Any]) -> dict[str, Any]:
+    """One ``ad-runs list`` row with :data:`SUMMARY_COLUMNS`: ``created`` to the second (UTC), ``data`` =
+    params.data (calibrate: its --val or --good), ``AUROC`` / ``pixel AUROC`` from an eval's metrics."""
+    created = str(run.get("created") or "")
+    auroc = _first(run, "metrics.image.auroc", "metrics.auroc")
+    pixel = _first(run, "metrics.pixel.pixel_auroc", "metrics.pixel_auroc")
+    p50 = _p50(run)
+    return {"id": run.get("id"), "kind": run.get("kind"), "created": created[:19].replace("T", " "),
+            "artifact": run.get("artifact"), "data": _first(run, "params.data", "params.val", "params.good"),
+            "detector": _first(run, "params.detector"),
+            "AUROC": None if auroc is None else f"{auroc:.4f}",
+            "pixel AUROC": None if pixel is None else f"{pixel:.4f}",
+            "p50 ms": None if p50 is None else f"{p50:.2f}"}
+
+
 def _lookup(row: Any, column: str) -> Any:
     """``row[column]``, or a dotted walk into nested dicts (``metrics.auroc``); missing → None."""
     if isinstance(row, Mapping):

@@ -31,7 +31,8 @@ CATS = set(range(281, 286))  # ImageNet: tabby, tiger cat, Persian, Siamese, Egy
 
 @pytest.fixture(scope="module")
 def lite0():
-    return build_backbone(BackboneSpec())
+    """The plain extractor (no border padding: that wrapper is tested on its own below)."""
+    return build_backbone(BackboneSpec(border_pad=0))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +94,7 @@ def test_truncated_extractor_equals_full_model_blocks(lite0, full_lite0):
 def test_spec_round_trips_through_json_with_the_weight_hash(lite0):
     expected = hashlib.sha256(weights_path("efficientnet-lite0").read_bytes()).hexdigest()
     assert lite0.spec.weights_sha256 == expected
-    assert BackboneSpec().with_weights_hash() == lite0.spec
+    assert BackboneSpec(border_pad=0).with_weights_hash() == lite0.spec
     again = BackboneSpec.from_dict(json.loads(json.dumps(lite0.spec.to_dict())))
     assert again == lite0.spec and isinstance(again.stages, tuple) and isinstance(again.mean, tuple)
     assert BackboneSpec(stages=[2, 4], mean=[0.5, 0.5, 0.5]) == BackboneSpec()
@@ -133,7 +134,7 @@ def test_user_files_in_timm_and_efficientnet_pytorch_layout(tmp_path, lite0, ful
         ref = lite0(x)
     for name in ("effnet_pytorch.safetensors", "timm_checkpoint.pt"):
         path = tmp_path / name
-        extractor = build_backbone(BackboneSpec(weights=str(path)))
+        extractor = build_backbone(BackboneSpec(weights=str(path), border_pad=0))
         assert extractor.spec.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
         with torch.no_grad():
             for a, b in zip(extractor(x), ref):
@@ -207,7 +208,8 @@ def test_other_timm_cnn_through_features_only(tmp_path):
     torch.manual_seed(1)
     full = timm.create_model("resnet18").eval()
     save_file(full.state_dict(), tmp_path / "resnet18.safetensors")
-    spec = BackboneSpec.for_model("resnet18", weights=str(tmp_path / "resnet18.safetensors"))
+    spec = BackboneSpec(**{**BackboneSpec.for_model("resnet18", weights=str(tmp_path / "resnet18.safetensors")).__dict__,
+                           "border_pad": 0})
     extractor = build_backbone(spec)
     assert isinstance(extractor, TimmFeatures) and not extractor.training
     assert extractor.channels == [128, 256] and extractor.strides == [8, 16]
@@ -257,3 +259,63 @@ def test_extractor_exports_to_one_onnx_file_with_dynamic_batch(tmp_path, lite0):
         for a, b in zip(got, ref):
             assert a.shape == b.shape
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-4 * np.abs(b).max())
+
+
+# ---- border padding (mirror the input, crop the maps) ----------------------------------------------------
+
+def test_border_pad_keeps_shapes_and_equals_manual_mirror_then_crop():
+    from anomedge.models.backbones import BorderPadded
+
+    spec = BackboneSpec(weights="none", border_pad=32)
+    padded = build_backbone(spec)
+    assert isinstance(padded, BorderPadded) and padded.spec.border_pad == 32
+    inner = padded.extractor
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = padded(x)
+        plain = inner(x)
+        full = inner(torch.nn.functional.pad(x, (32,) * 4, mode="reflect"))
+    assert [tuple(g.shape) for g in got] == [tuple(p.shape) for p in plain]
+    for g, f, s in zip(got, full, inner.strides):
+        c = 32 // s
+        torch.testing.assert_close(g, f[..., c:-c, c:-c], rtol=0, atol=0)
+    assert not torch.allclose(got[0][..., 0, 0], plain[0][..., 0, 0])  # the border did change
+
+
+def test_border_pad_shrinks_below_the_input_size_and_old_specs_read_as_off():
+    padded = build_backbone(BackboneSpec(weights="none", border_pad=32))
+    with torch.no_grad():
+        x = torch.rand(1, 3, 128, 128)
+        out = padded(x)  # pad ≤ 0.15 · 128 = 19 → 16 (a multiple of stride 16)
+        manual = padded.extractor(torch.nn.functional.pad(x, (16,) * 4, mode="reflect"))
+        small = torch.rand(1, 3, 64, 64)
+        tiny = padded(small)  # 0.15 · 64 = 9 < stride 16: no padding at all
+        plain = padded.extractor(small)
+    assert [tuple(o.shape[-2:]) for o in out] == [(16, 16), (8, 8)]
+    torch.testing.assert_close(out[0], manual[0][..., 2:-2, 2:-2], rtol=0, atol=0)
+    torch.testing.assert_close(tiny[0], plain[0], rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_border_padded_features_export_to_onnx_and_match_torch(tmp_path):
+    import onnxruntime as ort
+
+    from anomedge.artifact import InputSpec
+    from anomedge.export.onnx import export_onnx
+    from anomedge.models.patchcore import PatchFeatures
+
+    module = PatchFeatures(build_backbone(BackboneSpec(border_pad=32)), 3).eval()
+    spec = InputSpec(name="image", height=224, width=224, mean=(0.5,) * 3, std=(0.5,) * 3)
+    path = export_onnx(module, spec, tmp_path / "f.onnx", ["features"])
+    x = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = module(x).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    assert got.shape == ref.shape == (2, 152, 28, 28)
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    stored = {k: v for k, v in BackboneSpec().to_dict().items() if k != "border_pad"}
+    assert BackboneSpec.from_dict(stored).border_pad == 0
+    assert BackboneSpec().border_pad == 32
+    for bad in (-1, 1.5, "x"):
+        with pytest.raises(InputError, match="border_pad"):
+            BackboneSpec(border_pad=bad)

@@ -165,3 +165,39 @@ def test_unusable_good_images_are_skipped_by_name_and_too_many_stop_with_one_lin
     errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
     assert result.returncode == 2 and len(errors) == 1 and "14 of 27 images could not be used" in errors[0]
     assert "Traceback" not in result.stderr and (art / "metadata.json").read_bytes() == before
+
+
+def test_frr_below_resolution_warns_and_f1_prints_rates_with_intervals(art, labelled, env):
+    result = cli("calibrate", art, "--good", labelled / "test" / "good", "--method", "frr", "--target", "0.005", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "12 good images cannot resolve a target of 0.005" in result.stderr and "1/12 = 8.3 %" in result.stderr
+    assert "false-reject rate (good images scored NG) at this threshold: 0/12 = 0.0 % (95 % CI 0.0–24.2 %)" in result.stdout
+    result = cli("calibrate", art, "--val", labelled, "--method", "f1", env=env)
+    block = meta(art)["thresholds"]
+    miss = block["params"]["miss"]
+    assert f"miss rate (defective images scored OK) at this threshold: {miss['k']}/8" in result.stdout
+    assert miss["ci95"][0] <= miss["rate"] <= miss["ci95"][1] and block["params"]["false_reject"]["n"] == 12
+
+
+def test_f1_without_masks_keeps_the_pixel_threshold(art, labelled, env):
+    assert cli("calibrate", art, "--good", labelled / "test" / "good", env=env).returncode == 0
+    pixel = meta(art)["thresholds"]["pixel"]
+    assert pixel is not None
+    result = cli("calibrate", art, "--val", labelled, "--method", "f1", env=env)  # no ground_truth folder
+    assert result.returncode == 0, result.stderr
+    block = meta(art)["thresholds"]
+    assert block["pixel"] == pixel and "kept" in block["pixel_note"] and "kept" in result.stderr
+
+
+def test_a_precision_variant_gets_its_own_thresholds(art, labelled, env):
+    assert cli("quantize", art, "--precision", "fp16", env=env).returncode == 0
+    top = meta(art)["thresholds"]
+    result = cli("calibrate", art, "--good", labelled / "test" / "good", "--q", "0.9", "--precision", "fp16", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "thresholds.variants.fp16" in result.stdout
+    thresholds = meta(art)["thresholds"]
+    variant = thresholds["variants"]["fp16"]
+    assert {k: v for k, v in thresholds.items() if k != "variants"} == top  # fp32 thresholds untouched
+    assert variant["precision"] == "fp16" and variant["n_good"] == 12 and variant["image"] > 0
+    assert cli("calibrate", art, "--good", labelled / "test" / "good", "--q", "0.9", env=env).returncode == 0
+    assert meta(art)["thresholds"]["variants"]["fp16"] == variant  # an fp32 calibration keeps the variants

@@ -50,8 +50,11 @@ def test_eval_with_masks_reports_pixel_metrics_and_is_recorded(setup):
     metrics = json.loads((root / "report" / "metrics.json").read_text())
     assert metrics["image"]["n_good"] == 5 and metrics["image"]["n_defect"] == 4
     assert 0 <= metrics["pixel"]["aupro"] <= 1 and metrics["pixel"]["pixel_auroc"] > 0.5  # bright blocks are found
-    triplet = cv2.imread(str(root / "report" / "worst_defective_0.png"), cv2.IMREAD_GRAYSCALE)
-    assert triplet.shape == (300, 900) and triplet[100, 600 + 100] == 255 and triplet[10, 610] == 0  # mask panel
+    from anomedge.calibrate.report import BAR, HEADER
+
+    triplet = cv2.imread(str(root / "report" / "worst_defective_0.png"), cv2.IMREAD_GRAYSCALE)[HEADER:]
+    assert triplet.shape == (300, 900 + BAR) and triplet[100, 600 + 100] == 255 and triplet[10, 610] == 0  # mask panel
+    assert "ad-eval: scoring: 100 % (9/9)" in result.stderr  # progress lines when piped
     listing = cli("runs", "list", "--kind", "eval", env=env)
     assert listing.returncode == 0 and listing.stdout.count("eval") >= 1
     run_id = listing.stdout.splitlines()[2].split()[0]
@@ -70,7 +73,7 @@ def test_eval_errors_are_one_line(setup, case, tmp_path):
         shutil.rmtree(data / "ground_truth")
     result = cli("eval", art, "--data", data, "--out", tmp_path / "r", env=env)
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    lines = [l for l in result.stderr.strip().splitlines() if not l.startswith("ad-eval: scoring")]  # progress
     assert len(lines) == 1 and lines[0].startswith("error: ")
     if case == "bad_mask":
         assert "_mask.png: mask is 120×100, its image is 300×300" in lines[0]

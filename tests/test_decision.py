@@ -110,3 +110,13 @@ def test_threshold_watch_of_an_artifact_refuses_a_changed_contract(graph_artifac
     meta["scoring"]["k"] = 2  # a contract change, re-hashed as a tool would: needs a restart
     write_metadata(graph_artifact, meta)
     assert watch.poll(current) is None and "contract changed" in watch.error
+
+
+def test_a_precision_runs_under_its_own_calibrated_thresholds():
+    """ad-calibrate --precision int8 stores thresholds.variants.int8; that precision decides with it."""
+    from anomedge.runtime.decision import thresholds_for
+
+    block = {**BLOCK, "variants": {"int8": {"image": 31.0}}}
+    assert Decision.from_thresholds(thresholds_for(block, "int8")).threshold == 31.0
+    assert Decision.from_thresholds(thresholds_for(block, "fp32")).threshold == BLOCK["image"]
+    assert Decision.from_thresholds(thresholds_for(block, "fp16")).threshold == BLOCK["image"]  # none made: fp32's

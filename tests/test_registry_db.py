@@ -139,3 +139,20 @@ def test_flatten_and_format_table():
         "12  bench              -",
     ]
     assert format_table([("x", 1.5)], ["name", "value"]).splitlines()[-1] == "x       1.5"
+
+
+def test_summary_rows_have_fixed_columns_from_each_kind(tmp_path):
+    from anomedge.registry_db import SUMMARY_COLUMNS, summary_row
+
+    reg = RunRegistry(tmp_path / "r.sqlite")
+    reg.record("eval", artifact="a", params={"data": "synthetic:brick", "detector": "padim"},
+               metrics={"image": {"auroc": 0.99251}, "pixel": {"pixel_auroc": 0.9937}})
+    reg.record("bench", artifact="a", params={"data": "d", "detector": "padim"},
+               latency={"torch:fp32": {"p50 ms": 36.2}, "onnxruntime:fp32": {"p50 ms": 16.136}})
+    reg.record("calibrate", artifact="a", params={"val": "v", "good": None})
+    calib, bench, ev = (summary_row(r) for r in reg.list())
+    assert all(tuple(r) == SUMMARY_COLUMNS for r in (calib, bench, ev))
+    assert (ev["data"], ev["detector"], ev["AUROC"], ev["pixel AUROC"], ev["p50 ms"]) == \
+        ("synthetic:brick", "padim", "0.9925", "0.9937", None)
+    assert bench["p50 ms"] == "16.14" and bench["AUROC"] is None  # the first backend that is not the reference
+    assert calib["data"] == "v" and len(calib["created"]) == 19

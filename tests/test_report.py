@@ -48,19 +48,52 @@ def test_metrics_and_scores_csv(evaluation, tmp_path):
     np.testing.assert_allclose([float(r["score"]) for r in rows], evaluation.scores, rtol=1e-5)  # 6 digits
 
 
-def test_triplets_show_image_overlay_and_mask(evaluation, tmp_path):
+def test_triplets_show_titled_image_overlay_mask_and_colour_bar(evaluation, tmp_path):
+    from anomedge.calibrate.report import BAR, HEADER
+
     write_report(evaluation, tmp_path, "tiny")
     worst = cv2.imread(str(tmp_path / "worst_defective_0.png"))
-    assert worst.shape == (300, 900, 3)  # three 300×300 panels side by side
+    assert worst.shape == (HEADER + 300, 900 + BAR, 3)  # title strip over three 300×300 panels + colour bar
+    body = worst[HEADER:]
     defective = int(np.argmin(np.where(evaluation.labels == 1, evaluation.scores, np.inf)))
     expected_mask = cv2.resize(evaluation.masks[defective].astype(np.uint8) * 255, (300, 300),
                                interpolation=cv2.INTER_NEAREST)
-    np.testing.assert_array_equal(worst[:, 600:, 0], expected_mask)
+    np.testing.assert_array_equal(body[:, 600:900, 0], expected_mask)
     image = cv2.imread(str(evaluation.paths[defective]), cv2.IMREAD_GRAYSCALE)
-    np.testing.assert_array_equal(worst[:, :300, 0], image)  # the untouched input on the left
-    assert np.abs(worst[:, 300:600].astype(int) - worst[:, :300].astype(int)).mean() > 5  # heat blended in
+    np.testing.assert_array_equal(body[:, :300, 0], image)  # the untouched input on the left
+    assert np.abs(body[:, 300:600].astype(int) - body[:, :300].astype(int)).mean() > 5  # heat blended in
+    assert (worst[:HEADER] < 128).any() and (worst[:HEADER] == 255).mean() > 0.8  # dark titles on white
+    bar = body[20:-20, 904:920].astype(int)  # JET: red (high) at the top, blue (low) at the bottom
+    assert bar[0, :, 2].mean() > 100 and bar[0, :, 0].mean() < 50 and bar[-1, :, 0].mean() > 100
     good = cv2.imread(str(tmp_path / "best_good_0.png"))
-    assert not good[:, 600:].any()  # no ground truth on a good part
+    assert not good[HEADER:, 600:900].any()  # no ground truth on a good part
+
+
+def test_without_masks_there_is_no_ground_truth_panel(evaluation, tmp_path):
+    from anomedge.calibrate.report import BAR, HEADER
+
+    evaluation.masks = None
+    write_report(evaluation, tmp_path, "no masks")
+    assert cv2.imread(str(tmp_path / "worst_defective_0.png")).shape == (HEADER + 300, 600 + BAR, 3)
+    page = (tmp_path / "report.html").read_text()
+    assert "No ground-truth masks" in page and "image | anomaly map]" in page
+
+
+def test_html_says_metrics_in_words_with_confusion_counts_and_per_type_rows(evaluation, tmp_path):
+    evaluation.types = ["good"] * 6 + ["crack"] * 3 + ["spot"] * 3
+    write_report(evaluation, tmp_path, "tiny", {"run": {"backend": "onnxruntime", "precision": "fp32"}})
+    page = (tmp_path / "report.html").read_text()
+    assert "Image AUROC" in page and "auroc</td>" not in page and "pr_auc" not in page
+    assert "Good images rejected (false-reject rate)" in page
+    assert "number format of the model" in page  # the run's "precision" is not the metric's
+    ng = evaluation.scores > evaluation.threshold
+    good, bad = evaluation.labels == 0, evaluation.labels == 1
+    for count, what in ((good & ng, "false reject"), (bad & ~ng, "missed"), (bad & ng, "caught"), (good & ~ng, "correct")):
+        assert f">{int(count.sum())} ({what})<" in page
+    crack = evaluation.scores[6:9]
+    row = re.search(r"<tr><td>crack</td><td class='n'>3</td><td class='n'>(\d+)</td>", page)
+    assert row and int(row.group(1)) == int((crack > evaluation.threshold).sum())
+    assert page.index("<td>good</td>") < page.index("<td>crack</td>") < page.index("<td>spot</td>")
 
 
 def test_html_links_every_picture_and_nothing_missing(evaluation, tmp_path):

@@ -49,7 +49,11 @@ def test_csv_header_once_and_json_columns(tmp_path):
     rows = list(csv.DictReader(path.open()))
     assert [r["index"] for r in rows] == ["0", "1", "2"]
     assert json.loads(rows[1]["boxes"]) == [[1, 2, 3, 4]] and rows[1]["overlay"] == "x.png"
-    assert rows[2]["error"] == 'bad, "quoted" file' and json.loads(rows[0]["ms"]) == {"total": 1.0}
+    assert rows[2]["error"] == 'bad, "quoted" file' and rows[0]["total_ms"] == "1.0" and rows[0]["infer_ms"] == ""
+    from datetime import datetime
+
+    assert datetime.fromisoformat(rows[0]["time"]).timestamp() == pytest.approx(float(rows[0]["timestamp"]), abs=1e-3)
+    assert rows[0]["time"].endswith("+00:00")
 
 
 def test_unwritable_paths_fail_at_start(tmp_path):

@@ -31,7 +31,8 @@ def test_quantile_matches_numpy(q):
     g = _goods(0)
     res = quantile_threshold(g, q)
     np.testing.assert_allclose(res.value, np.quantile(g, q), rtol=0, atol=0)
-    assert (res.method, res.params, res.n_good, res.n_defect, res.note) == ("quantile", {"q": q}, 200, 0, None)
+    assert (res.method, res.params["q"], res.n_good, res.n_defect, res.note) == ("quantile", q, 200, 0, None)
+    assert res.params["false_reject"]["k"] == int(np.count_nonzero(g > res.value))
 
 
 @pytest.mark.parametrize("seed,decimals", [(0, None), (1, 1), (2, 0)])
@@ -119,7 +120,44 @@ def test_few_good_scores_warn_with_the_number():
         quantile_threshold(_goods(0, n=7))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        quantile_threshold(_goods(0, n=20))
+        quantile_threshold(_goods(0, n=20), q=0.9)  # 20 scores resolve a 10 % tail
+
+
+def test_frr_target_below_one_over_n_warns_with_the_numbers_instead_of_silently_returning_the_max():
+    g = _goods(0, n=60)
+    with pytest.warns(UserWarning, match=r"60 good images cannot resolve .*0\.5 %.*1/60 = 1\.7 %.*200 good images"):
+        res = frr_threshold(g, 0.005)
+    assert res.value == g.max() and res.note and "cannot resolve" in res.note
+    assert res.params["false_reject"]["k"] == 0 and res.params["false_reject"]["ci95"][1] == pytest.approx(0.0602, abs=1e-3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frr_threshold(g, 0.02)  # 1/60 < 2 %: resolvable
+    with pytest.warns(UserWarning, match="cannot resolve the 0.99 quantile"):
+        quantile_threshold(_goods(0, n=40))
+
+
+def test_wilson_interval_matches_scipy():
+    from scipy.stats import binomtest
+
+    from anomedge.calibrate.metrics import Rate, wilson_interval
+
+    for k, n in ((0, 60), (2, 60), (30, 30), (7, 123)):
+        ref = binomtest(k, n).proportion_ci(0.95, method="wilson")
+        np.testing.assert_allclose(wilson_interval(k, n), (ref.low, ref.high), rtol=1e-9, atol=1e-12)
+    assert Rate(2, 60).text() == "2/60 = 3.3 % (95 % CI 0.9–11.4 %)"
+    with pytest.raises(InputError):
+        wilson_interval(3, 2)
+
+
+def test_f1_reports_false_reject_and_miss_counts_at_its_threshold():
+    rng = np.random.default_rng(3)
+    y = np.r_[np.zeros(40, np.int8), np.ones(20, np.int8)]
+    s = np.r_[rng.normal(0, 1, 40), rng.normal(2, 1, 20)]
+    res = f1_threshold(y, s)
+    fr, miss = res.params["false_reject"], res.params["miss"]
+    assert (fr["k"], fr["n"]) == (int(np.count_nonzero(s[:40] > res.value)), 40)
+    assert (miss["k"], miss["n"]) == (int(np.count_nonzero(s[40:] <= res.value)), 20)
+    assert fr["ci95"][0] <= fr["rate"] <= fr["ci95"][1]
 
 
 # ------------------------------------------------------------------------ normaliser
@@ -172,3 +210,18 @@ def test_fit_normalizer():
     # all scores equal to the threshold: a unit span
     norm = fit_normalizer([2.0] * 5, 2.0)
     assert (norm.min, norm.max) == (0.0, 4.0)
+
+
+def test_pixel_threshold_good_keeps_every_good_image_below_at_q1_and_is_the_quantile_of_maxima():
+    from anomedge.calibrate.thresholds import pixel_threshold_good
+
+    rng = np.random.default_rng(0)
+    maps = rng.random((50, 8, 8)).astype(np.float32)
+    maps[:, 0, 0] += np.linspace(1, 2, 50)  # hot corners, as a zero-padded CNN gives
+    assert pixel_threshold_good(maps, 1.0) == pytest.approx(float(maps.max()))
+    t = pixel_threshold_good(maps, 0.9)
+    assert t == pytest.approx(float(np.quantile(maps.reshape(50, -1).max(1), 0.9)))
+    assert np.mean((maps > t).any(axis=(1, 2))) <= 0.1 + 1e-9
+    assert np.quantile(maps, 0.99) < t  # the old all-pixel quantile lets the hot corners through
+    with pytest.raises(InputError):
+        pixel_threshold_good(np.zeros((0, 4, 4)))

@@ -24,7 +24,7 @@ from ..runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from ..runtime.pipeline import Inspector
 from .metrics import f1_max
 from .normalize import fit_normalizer
-from .thresholds import MIN_GOOD, compute_threshold
+from .thresholds import MIN_GOOD, compute_threshold, pixel_threshold_good
 
 HISTORY_LIMIT = 20
 
@@ -45,12 +45,16 @@ MAX_SKIPPED_SHARE = 0.5
 """More than this share of unusable images means a wrong folder or a broken model, not a few bad files."""
 
 
-def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Scored:
+def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS,
+                progress: bool | None = False, desc: str = "scoring") -> Scored:
     """Score every usable image. One that cannot be read (permission, I/O, corrupt, over the pixel
     budget ``max_pixels``) or whose score is not finite is skipped with a warning naming the file;
-    InputError (one line) when none remain or more than ``MAX_SKIPPED_SHARE`` of them were skipped."""
+    InputError (one line) when none remain or more than ``MAX_SKIPPED_SHARE`` of them were skipped.
+    ``progress``: None = a bar on a tty / a few lines when piped (anomedge.progress), False = silent."""
+    from ..progress import steps
+
     kept, scores, maps, skipped, sizes = [], [], [], [], []
-    for path in paths:
+    for path in steps(paths, len(paths), desc, progress):
         try:
             frame = read_image(path, max_pixels)
             result = inspector.inspect([frame])
@@ -99,33 +103,50 @@ def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int],
 
 def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "quantile",
               val: tuple[Sequence[Path], np.ndarray, Sequence[Path | None] | None] | None = None,
-              backend: str = "onnxruntime", max_pixels: int = DEFAULT_MAX_PIXELS, **params: Any) -> dict[str, Any]:
+              backend: str = "onnxruntime", max_pixels: int = DEFAULT_MAX_PIXELS, precision: str = "fp32",
+              **params: Any) -> dict[str, Any]:
     """Compute and store new thresholds; returns the new thresholds block.
 
     ``good``: paths of good images; ``val``: (paths, labels (N,) 0/1, mask paths or None) of a labelled
     validation set (needed for ``f1``). ``params``: the method's (``q`` for quantile, ``target`` for frr).
     ``max_pixels``: pixel budget per image (header checked before decoding; larger ones are skipped).
+    ``precision`` other than fp32 scores through that model variant (e.g. int8, which shifts scores) and
+    stores the block under ``thresholds.variants.<precision>`` (image, pixel, normalization, …), leaving
+    the fp32 thresholds as they are. Without masks and without good images the pixel threshold in force
+    is kept.
     """
     root = Path(artifact_dir)
     if val is not None and len(val[1]) != len(val[0]):
         raise InputError(f"validation labels: {len(val[1])} labels for {len(val[0])} images; they must pair up")
     with Artifact.edit(root) as edit:
-        block = _thresholds_block(edit.artifact, good, method, val, backend, params, max_pixels)
-        old = dict(edit.meta.get("thresholds") or {})
+        thresholds = dict(edit.meta.get("thresholds") or {})
+        current = thresholds if precision == "fp32" else dict((thresholds.get("variants") or {}).get(precision) or {})
+        block = _thresholds_block(edit.artifact, good, method, val, backend, params, max_pixels, precision, current)
+        old = dict(current)
+        old.pop("variants", None)
         history = old.pop("history", [])
         block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
-        edit.meta["thresholds"] = block
+        if precision == "fp32":
+            variants = thresholds.get("variants")
+            edit.meta["thresholds"] = {**block, **({"variants": variants} if variants else {})}
+        else:
+            thresholds["variants"] = {**(thresholds.get("variants") or {}), precision: block}
+            edit.meta["thresholds"] = thresholds
     return block
 
 
 def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val, backend: str,
-                      params: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
-    """Score the images through the runtime and compute the new thresholds block (without history)."""
+                      params: dict[str, Any], max_pixels: int, precision: str,
+                      current: dict[str, Any]) -> dict[str, Any]:
+    """Score the images through the runtime (that ``precision``'s model) and compute the new thresholds
+    block (without history); ``current`` is the block in force, whose pixel threshold is kept when there
+    is nothing to compute a new one from."""
     if len(good) and len(good) < MIN_GOOD:
         warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
-    with Inspector(artifact, backend) as inspector:
-        good_scored = score_paths(inspector, good, max_pixels) if len(good) else None
-        val_scored = score_paths(inspector, val[0], max_pixels) if val else None
+    options = {} if precision == "fp32" else {"precision": precision}
+    with Inspector(artifact, backend, **options) as inspector:
+        good_scored = score_paths(inspector, good, max_pixels, None, "scoring good images") if len(good) else None
+        val_scored = score_paths(inspector, val[0], max_pixels, None, "scoring the validation set") if val else None
     val_pair = None
     if val is not None:
         labels = np.asarray(val[1], np.int8)
@@ -135,19 +156,29 @@ def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val
     good_scores = good_scored.scores if good_scored else val_pair[1][val_pair[0] == 0]
     result = compute_threshold(method, good_scores, val_pair, **params)
     all_scores = np.concatenate([good_scores] + ([val_pair[1]] if val_pair else []))
+    pixel = _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99))
+    pixel_note = None
+    if pixel is None and current.get("pixel") is not None:
+        pixel = float(current["pixel"])
+        pixel_note = "no masks and no good images: pixel threshold kept from before"
     block: dict[str, Any] = {
         "image": float(result.value), "method": result.method, "params": result.params,
         "n_good": int(result.n_good), "n_defect": int(result.n_defect), "note": result.note,
         "normalization": fit_normalizer(good_scores, result.value, all_scores).to_dict(),
-        "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
+        "pixel": pixel,
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if pixel_note:
+        block["pixel_note"] = pixel_note
+    if precision != "fp32":
+        block["precision"] = precision
     Decision.from_thresholds(block, where="new ")  # never write what the runtime would refuse (NaN, inf)
     return block
 
 
 def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q: float) -> float | None:
-    """Pixel threshold: F1-max over validation pixels when masks exist, else quantile ``q`` of good pixels."""
+    """Pixel threshold: F1-max over validation pixels when masks exist, else the ``q`` quantile of the good
+    maps' per-image maxima (``pixel_threshold_good``)."""
     masks_paths = val_spec[2] if val_spec else None
     if val is not None and masks_paths is not None:
         masks = read_masks([masks_paths[i] for i in keep], val.maps.shape[1:], val.sizes)
@@ -155,4 +186,4 @@ def _pixel_threshold(good: Scored | None, val: Scored | None, val_spec, keep, q:
             return float(f1_max(masks.ravel().astype(np.int8), val.maps.ravel())[1])
     if good is None:
         return None
-    return float(np.quantile(good.maps, q))
+    return pixel_threshold_good(good.maps, q)

@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from anomedge.calibrate.metrics import _as_labels, _as_scores, f1_max
+from anomedge.calibrate.metrics import Rate, _as_labels, _as_scores, f1_max
 from anomedge.errors import InputError
 
 __all__ = [
@@ -28,10 +28,32 @@ __all__ = [
     "METHODS",
     "compute_threshold",
     "MIN_GOOD",
+    "pixel_threshold_good",
+    "resolution_warning",
+    "MIN_HOLDOUT",
 ]
 
 MIN_GOOD = 20
 """Below this many good scores a threshold is unstable; a warning says so."""
+MIN_HOLDOUT = 30
+"""ad-export warns when its default threshold comes from fewer held-out good images than this."""
+
+
+def resolution_warning(n: int, tail: float, what: str) -> str | None:
+    """The warning text when ``n`` good scores cannot resolve a rejection rate of ``tail`` (< 1/n), else None.
+
+    With n scores the smallest non-zero false-reject rate one can observe is 1/n, so a target below it
+    ends at the highest good score; showing a rate ≤ ``tail`` at 95 % with no rejection needs
+    about 3/tail images (the rule of three).
+    """
+    if n <= 0 or not 0 < tail < 1 / n:
+        return None
+    upper = Rate(0, n).interval[1]
+    return (f"{n} good images cannot resolve {what} (a false-reject rate of {100 * tail:.2g} %): the smallest "
+            f"non-zero rate {n} images can show is 1/{n} = {100 / n:.2g} %, so the threshold ends at (or next to) "
+            f"the highest good score, and even 0 of {n} rejected allows a rate up to {100 * upper:.2g} % (95 %); "
+            f"score at least "
+            f"{math.ceil(1 / tail)} good images, {math.ceil(3 / tail)} to show the rate at 95 %")
 
 
 @dataclass(frozen=True)
@@ -72,7 +94,11 @@ def quantile_threshold(good_scores, q: float = 0.99) -> ThresholdResult:
     if not 0.0 < qf <= 1.0:
         raise InputError(f"q must be in (0, 1] (e.g. 0.99), got {q}")
     g = _good(good_scores)
-    return ThresholdResult(float(np.quantile(g, qf)), "quantile", {"q": qf}, n_good=int(g.size))
+    note = resolution_warning(g.size, 1 - qf, f"the {qf:g} quantile")
+    if note:
+        warnings.warn(note, stacklevel=2)
+    value = float(np.quantile(g, qf))
+    return ThresholdResult(value, "quantile", {"q": qf, "false_reject": _false_reject(g, value)}, n_good=int(g.size))
 
 
 def frr_threshold(good_scores, target: float = 0.01) -> ThresholdResult:
@@ -88,10 +114,14 @@ def frr_threshold(good_scores, target: float = 0.01) -> ThresholdResult:
     if not 0.0 <= tf < 1.0:
         raise InputError(f"target must be a false-reject rate in [0, 1) (e.g. 0.01), got {target}")
     g = _good(good_scores)
+    note = resolution_warning(g.size, tf, f"a target of {tf:g}")
+    if note:
+        warnings.warn(note, stacklevel=2)
     k = int(math.floor(tf * g.size + 1e-9))  # tolerate 0.29 * 100 = 28.999999999999996
     value = float(np.sort(g)[::-1][k])
     achieved = float(np.count_nonzero(g > value)) / g.size
-    return ThresholdResult(value, "frr", {"target": tf, "achieved": achieved}, n_good=int(g.size))
+    return ThresholdResult(value, "frr", {"target": tf, "achieved": achieved, "false_reject": _false_reject(g, value)},
+                           n_good=int(g.size), note=note)
 
 
 def f1_threshold(labels, scores) -> ThresholdResult:
@@ -123,7 +153,28 @@ def f1_threshold(labels, scores) -> ThresholdResult:
             note=f"validation set has no defective samples ({n_good} good): threshold = max good score",
         )
     f1, value = f1_max(y, s)
-    return ThresholdResult(value, "f1", {"f1": f1}, n_good=n_good, n_defect=n_defect)
+    miss = Rate(int(np.count_nonzero(s[y] <= value)), n_defect).to_dict()
+    return ThresholdResult(value, "f1", {"f1": f1, "false_reject": _false_reject(s[~y], value), "miss": miss},
+                           n_good=n_good, n_defect=n_defect)
+
+
+def _false_reject(good: np.ndarray, threshold: float) -> dict[str, Any]:
+    """Good scores above ``threshold``: {k, n, rate, ci95 (Wilson)}."""
+    return Rate(int(np.count_nonzero(good > threshold)), int(good.size)).to_dict()
+
+
+def pixel_threshold_good(maps, q: float = 0.99) -> float:
+    """Pixel threshold from good anomaly maps (N,H,W): the ``q`` quantile of the per-image maxima.
+
+    So a fraction ``q`` of the good images has no pixel above it: no box at all on them, borders
+    included. (A quantile over all pixels puts 1 − q of every good image's pixels above the
+    threshold by construction — on synthetic:brick those were mostly border pixels, and most NG
+    boxes lay on no defect.)
+    """
+    m = _as_scores(maps, "good maps")
+    if m.ndim < 2 or m.shape[0] == 0:
+        raise InputError(f"good maps of shape {m.shape}: expected (N, H, W) with N ≥ 1")
+    return float(np.quantile(m.reshape(m.shape[0], -1).max(axis=1), q))
 
 
 # ------------------------------------------------------------------ uniform table

@@ -18,6 +18,15 @@ def validation_set(spec: str):
     return list(split.test), split.test_labels, split.test_masks
 
 
+def rate_lines(params: dict) -> list[str]:
+    """Human lines for the rates a threshold method stored: false rejects of good images, misses of defects."""
+    from ..calibrate.metrics import Rate
+
+    names = {"false_reject": "false-reject rate (good images scored NG)", "miss": "miss rate (defective images scored OK)"}
+    return [f"  {text} at this threshold: {Rate(int(params[key]['k']), int(params[key]['n'])).text()}"
+            for key, text in names.items() if isinstance(params.get(key), dict)]
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path())
 @click.option("--good", default=None, help="Good images: folder, glob, .txt list, or a data set spec (its train split).")
@@ -28,9 +37,12 @@ def validation_set(spec: str):
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
               help="Pixel budget per image, checked in its header before decoding; larger ones are skipped.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+              help="Calibrate this model variant (INT8 shifts scores): stored as thresholds.variants.<precision>, "
+                   "used when the runtime runs that precision.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database (default: $ANOMEDGE_REGISTRY or ~/.local/share/anomedge/runs.sqlite).")
 @one_line_errors
-def main(artifact, good, val, method, q, target, backend, max_pixels, registry):
+def main(artifact, good, val, method, q, target, backend, max_pixels, precision, registry):
     """Set ARTIFACT's image (and pixel) thresholds; no re-export, old values kept in history."""
     import warnings
 
@@ -44,15 +56,23 @@ def main(artifact, good, val, method, q, target, backend, max_pixels, registry):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         block = calibrate(artifact, good_images(good) if good else [], method,
-                          validation_set(val) if val else None, backend, max_pixels=max_pixels, **params)
+                          validation_set(val) if val else None, backend, max_pixels=max_pixels,
+                          precision=precision, **params)
+    shown = set()
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
-    if block.get("note"):
-        click.echo(f"note: {block['note']}", err=True)
+        shown.add(str(w.message))
+    for key in ("note", "pixel_note"):
+        if block.get(key) and block[key] not in shown:
+            click.echo(f"note: {block[key]}", err=True)
     pixel = "none" if block["pixel"] is None else f"{block['pixel']:.6g}"
-    click.echo(f"{artifact}: image threshold {block['image']:.6g} ({method}, {block['n_good']} good, "
+    where = "" if precision == "fp32" else f" for {precision} (thresholds.variants.{precision})"
+    click.echo(f"{artifact}: image threshold {block['image']:.6g}{where} ({method}, {block['n_good']} good, "
                f"{block['n_defect']} defective), pixel threshold {pixel}; previous values kept in history")
+    for line in rate_lines(block["params"]):
+        click.echo(line)
     from .runs import record_run
 
-    record_run(registry, "calibrate", artifact, params={"method": method, **params, "good": good, "val": val},
+    record_run(registry, "calibrate", artifact, params={"method": method, **params, "good": good, "val": val,
+                                                        "precision": precision},
                metrics={"threshold": block["image"], "pixel_threshold": block["pixel"]})

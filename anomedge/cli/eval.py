@@ -38,7 +38,7 @@ def main(artifact, data, out, backend, precision, max_pixels, registry):
     with Inspector(loaded, backend, **extra) as inspector:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            scored = score_paths(inspector, paths, max_pixels)
+            scored = score_paths(inspector, paths, max_pixels, progress=None, desc="ad-eval: scoring")
         for w in caught:
             click.echo(f"warning: {w.message}", err=True)
         threshold = inspector.threshold

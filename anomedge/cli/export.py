@@ -38,7 +38,7 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     or plain good images).
     """
     from ..datasets import load_dataset
-    from ..export.fit import fit_and_export
+    from ..export.fit import build_detector, fit_and_export
     from ..export.formats import check_options, parse_formats
     from ..models.backbones import BackboneSpec
 
@@ -64,11 +64,13 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
                    for row in rows}
     for row in rows:
         check_options(row, fmt_options[row.name])
+    progress = None if not quiet else False
+    model = build_detector(detector, values, progress)  # every parameter checked before any data is read
     split = load_dataset(data)
     if not quiet:
         click.echo(f"fitting {detector} on {len(split.train)} good images of {data}", err=True)
     report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
-                            progress=None if not quiet else False)
+                            progress=progress, model=model)
     root = report.artifact.root
     if placement == "graph":  # before the formats: a graph-placement engine is built from model.graph.onnx
         _use_graph_placement(root)
@@ -78,6 +80,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         opts = dict(fmt_options[row.name])
         if "calib" in opts:
             opts["calib"] = list(split.train[:64])
+        if not quiet:
+            click.echo(f"{row.name}: exporting ({precision}) …", err=True)
         path = row.exporter(root, **opts)
         if not quiet:
             click.echo(f"{row.name}: wrote {path}", err=True)
@@ -95,13 +99,19 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
                        "postprocess": meta.postprocess},
                metrics={"threshold": report.threshold, "fit_seconds": report.fit_seconds,
                         "export_seconds": report.export_seconds})
+    for text in report.warnings:
+        click.echo(f"warning: {text}", err=True)
     if quiet:
         click.echo(str(report.artifact.root))
         return
     size = sum((report.artifact.root / f).stat().st_size for f in report.artifact.metadata.files) / 2**20
     click.echo(f"wrote {report.artifact.root}: {', '.join(report.artifact.metadata.files)} ({size:.1f} MiB); "
                f"fit {report.fit_seconds:.1f} s on {report.n_fit} images, export {report.export_seconds:.1f} s; "
-               f"threshold {report.threshold} from {report.n_holdout} held-out good images")
+               f"threshold {_number(report.threshold)} from {report.n_holdout} held-out good images")
+
+
+def _number(value) -> str:
+    return "none" if value is None else f"{value:.6g}"
 
 
 def _use_graph_placement(root) -> None:

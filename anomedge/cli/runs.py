@@ -16,9 +16,11 @@ def record_run(registry: str | None, kind: str, artifact: str | None = None, **f
     from ..registry_db import RunRegistry
 
     try:
-        artifact_hash = Artifact.load(artifact, verify=False).sha256 if artifact else None
+        loaded = Artifact.load(artifact, verify=False) if artifact else None
+        if loaded is not None:  # the detector of every run, for ad-runs list
+            fields["params"] = {"detector": loaded.metadata.detector, **(fields.get("params") or {})}
         return RunRegistry(registry).record(kind, artifact=str(artifact) if artifact else None,
-                                            artifact_hash=artifact_hash, **fields)
+                                            artifact_hash=loaded.sha256 if loaded else None, **fields)
     except AnomedgeError as exc:
         click.echo(f"warning: run not recorded: {exc}", err=True)
         return None
@@ -41,13 +43,14 @@ def main(ctx, registry):
 def list_runs(registry, kind, limit):
     from ..registry_db import RunRegistry, format_table
 
+    from ..registry_db import summary_row
+
     rows = RunRegistry(registry).list(kind=kind, limit=limit)
     if not rows:
         click.echo("no runs recorded")
         return
-    columns = ["id", "kind", "created", "artifact"]
-    extra = sorted({f"metrics.{k}" for r in rows for k in (r.get("metrics") or {})})[:6]
-    click.echo(format_table(rows, columns + extra))
+    table = [summary_row(r) for r in rows]
+    click.echo(format_table(table, list(table[0])))
 
 
 @main.command("show")

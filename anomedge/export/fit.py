@@ -7,8 +7,11 @@ those scores). The threshold lives in metadata; ``ad-calibrate`` replaces it wit
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import InputError
+from ..calibrate.metrics import Rate
+from ..calibrate.thresholds import MIN_HOLDOUT, resolution_warning
 from ..models.detector import get_detector
 from ..runtime.pipeline import Inspector
 from ..runtime.preprocess import read_image
@@ -30,6 +35,8 @@ class ExportReport:
     n_fit: int
     n_holdout: int
     threshold: float | None
+    warnings: list[str] = field(default_factory=list)
+    """Human sentences about how far the default threshold can be trusted (few held-out images)."""
 
 
 def split_holdout(paths: Sequence[Path], fraction: float, seed: int = 0) -> tuple[list[Path], list[Path]]:
@@ -54,22 +61,87 @@ def holdout_threshold(artifact: Artifact, holdout: Sequence[Path], quantile: flo
             "good_scores": {"min": float(scores.min()), "median": float(np.median(scores)), "max": float(scores.max())}}
 
 
+def holdout_warnings(n_holdout: int, quantile: float, out: str | Path) -> list[str]:
+    """Warnings when ``n_holdout`` held-out good images are too few for a trustworthy default threshold."""
+    fix = f"set it on more good images: ad-calibrate {out} --good PATH"
+    if n_holdout == 0:
+        return [f"no held-out good images (--holdout 0): no default threshold; {fix}"]
+    if n_holdout >= MIN_HOLDOUT:
+        return []
+    upper = Rate(0, n_holdout).interval[1]
+    text = (f"default threshold from only {n_holdout} held-out good images (fewer than {MIN_HOLDOUT}): even with "
+            f"0 of {n_holdout} rejected the false-reject rate may be up to {100 * upper:.0f} % (95 %)")
+    if resolution_warning(n_holdout, 1 - quantile, ""):
+        text += f", and their {quantile:g} quantile is about their highest score"
+    return [f"{text}; {fix}"]
+
+
+def _type_name(default: Any) -> tuple[tuple[type, ...], str] | None:
+    """(accepted types, words) for a config default; None accepts anything (a None default)."""
+    for kind, accepted, words in ((bool, (bool,), "true or false"), (int, (int,), "a whole number"),
+                                  (float, (int, float), "a number"), (str, (str,), "a string"),
+                                  (dict, (dict,), "a JSON object"), ((list, tuple), (list, tuple), "a JSON list")):
+        if isinstance(default, kind):
+            return accepted, words
+    return None
+
+
+def check_params(detector: str, params: dict[str, Any]) -> None:
+    """Unknown keys and values of the wrong type are an InputError naming the parameter, before any data
+    is loaded (``--param coreset_fraction=abc``)."""
+    cls = get_detector(detector)
+    fields = {f.name: f for f in dataclasses.fields(cls.config_class)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise InputError(f"{detector}: unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(sorted(fields))}")
+    for key, value in params.items():
+        f = fields[key]
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
+        expected = _type_name(default)
+        if expected is None or (value is None and "None" in str(f.type)):
+            continue
+        accepted, words = expected
+        if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+            raise InputError(f"{detector}: --param {key}={value!r}: expected {words} (default {json.dumps(default)})")
+
+
+def build_detector(detector: str, params: dict[str, Any], progress: bool | None = None):
+    """The unfitted detector, every parameter checked (names, types, then the detector's own ranges)."""
+    check_params(detector, params)
+    return get_detector(detector).from_params(params, progress=progress)
+
+
+def _say(progress: bool | None, text: str) -> None:
+    """A stage line on stderr unless progress is off (a step whose inner progress cannot be shown)."""
+    if progress is not False:
+        print(text, file=sys.stderr, flush=True)
+
+
 def fit_and_export(train: Sequence[Path], detector: str, params: dict[str, Any], out: str | Path,
                    holdout: float = 0.1, quantile: float = 0.99, seed: int = 0,
-                   progress: bool | None = None) -> ExportReport:
+                   progress: bool | None = None, model=None) -> ExportReport:
+    """Fit (``model`` if given, built and checked beforehand; else built from ``detector`` / ``params``),
+    export to ``out``, set the default threshold on the held-out good images."""
     fit_paths, hold_paths = split_holdout(list(train), holdout, seed)
-    model = get_detector(detector).from_params(params, progress=progress)
+    model = model if model is not None else build_detector(detector, params, progress)
     start = time.perf_counter()
     model.fit(fit_paths)
     fit_seconds = time.perf_counter() - start
+    _say(progress, f"exporting {detector} to {out} (ONNX) …")
     start = time.perf_counter()
     artifact = write_detector(model, out, golden_images=[*hold_paths, *fit_paths])
     export_seconds = time.perf_counter() - start
     threshold = None
     if hold_paths:
+        _say(progress, f"scoring {len(hold_paths)} held-out good images on onnxruntime for the default threshold …")
         thresholds = holdout_threshold(artifact, hold_paths, quantile)
+        notes = holdout_warnings(len(hold_paths), quantile, out)
+        if notes:
+            thresholds["note"] = notes[0]
         with Artifact.edit(artifact.root) as edit:
             edit.meta["thresholds"] = thresholds
         artifact = edit.artifact
         threshold = thresholds["image"]
-    return ExportReport(artifact, fit_seconds, export_seconds, len(fit_paths), len(hold_paths), threshold)
+    return ExportReport(artifact, fit_seconds, export_seconds, len(fit_paths), len(hold_paths), threshold,
+                        holdout_warnings(len(hold_paths), quantile, out))

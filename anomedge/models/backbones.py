@@ -40,6 +40,9 @@ RANDOM_INIT_SEED = 0
 """Weights ``none``: the random init is drawn from this seed, so a rebuild from metadata is identical."""
 DEFAULT_STRIDES = (8, 16)
 """``for_model`` picks the last stage at each of these strides (measured best on ELPV for Lite0)."""
+BORDER_PAD = 32
+"""Default ``border_pad`` of new specs (pixels of mirrored image around the input; see ``BorderPadded``).
+Specs stored without the field (artifacts made before it) read as 0, so they rebuild unchanged."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = LITE_MEAN
     std: tuple[float, float, float] = LITE_STD
     weights_sha256: str | None = None
+    border_pad: int = BORDER_PAD
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -69,6 +73,13 @@ class BackboneSpec:
             raise InputError(f"mean {list(mean)} / std {list(std)}: expected 3 values each, std > 0")
         if not isinstance(self.weights, str) or not self.weights:
             raise InputError(f"weights {self.weights!r}: expected efficientnet-lite0, none, hub or a file path")
+        try:
+            pad = _as_int(self.border_pad)
+        except (TypeError, ValueError):
+            pad = -1
+        if pad < 0:
+            raise InputError(f"border_pad {self.border_pad!r}: expected a whole number of pixels ≥ 0 (e.g. 32, 0 = off)")
+        object.__setattr__(self, "border_pad", pad)
         object.__setattr__(self, "stages", stages)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -108,7 +119,7 @@ class BackboneSpec:
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"backbone spec: unknown fields {unknown}; expected some of {sorted(known)}")
-        values = dict(d)
+        values = {"border_pad": 0, **d}  # stored before border_pad existed: built without it
         for key in ("stages", "mean", "std"):
             if key in values:
                 values[key] = tuple(values[key])
@@ -159,7 +170,39 @@ class TimmFeatures(torch.nn.Module):
         return list(self.model(x))
 
 
-Extractor = Union[FeatureExtractor, TimmFeatures]
+MAX_PAD_SHARE = 0.15
+"""``BorderPadded`` mirrors at most this share of the input's shorter side on each edge."""
+
+
+class BorderPadded(torch.nn.Module):
+    """An extractor run on the input mirrored outward by ``pad`` pixels, each stage map cropped back.
+
+    forward: (N,3,H,W) → the inner extractor's maps, same shapes as without padding. With zero
+    ("SAME") padding in every convolution, border and corner patches of a CNN are unlike any interior
+    patch, so their nearest good neighbours are few and far (measured on synthetic:brick with a full
+    PatchCore bank: corner patch distance 2.2× the interior's). Mirroring the image first puts image
+    content instead of zeros under the receptive fields of the border patches. The pad used is the
+    largest multiple of the coarsest stride ≤ ``pad`` and ≤ ``MAX_PAD_SHARE`` of the shorter side, so the
+    crop is exact and the mirror never dominates a small input (the default 32 px applies from 214 px up;
+    at 64 px a 32 px mirror put INT8 scores 20 % off, so inputs under ~107 px get none); 0 = off.
+    """
+
+    def __init__(self, extractor: torch.nn.Module, pad: int):
+        super().__init__()
+        self.extractor, self.pad = extractor, int(pad)
+        self.channels, self.strides = extractor.channels, extractor.strides
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        step = max(self.strides)
+        pad = min(self.pad, int(MAX_PAD_SHARE * min(int(x.shape[-2]), int(x.shape[-1])))) // step * step
+        if pad <= 0:
+            return self.extractor(x)
+        maps = self.extractor(torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect"))
+        return [m[..., pad // s: m.shape[-2] - pad // s, pad // s: m.shape[-1] - pad // s]
+                for m, s in zip(maps, self.strides)]
+
+
+Extractor = Union[FeatureExtractor, TimmFeatures, BorderPadded]
 
 
 def build_backbone(spec: BackboneSpec) -> Extractor:
@@ -185,6 +228,8 @@ def build_backbone(spec: BackboneSpec) -> Extractor:
         extractor = _features_only(model, spec)
     for p in extractor.parameters():
         p.requires_grad_(False)
+    if spec.border_pad:
+        extractor = BorderPadded(extractor, spec.border_pad)
     extractor.spec = BackboneSpec(**{**asdict(spec), "weights_sha256": digest or spec.weights_sha256})
     return extractor.eval()
 

@@ -89,11 +89,10 @@ def prepare(features, projection_dim: int | None = 128, seed: int = 0) -> tuple[
 
 
 def _progress(total: int, progress: bool | None):
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is optional
-        return None
-    return tqdm(total=total, desc="coreset", unit="pt", disable=None if progress is None else not progress)
+    """A bar on a terminal, a few plain lines when piped (anomedge.progress), nothing when False."""
+    from ..progress import progress as counter
+
+    return counter(total, "coreset", progress)
 
 
 def greedy_coreset(
@@ -107,7 +106,7 @@ def greedy_coreset(
     """Greedy k-center coreset of (N,D) features (numpy array or torch tensor).
 
     Exactly one of ``n`` (count) or ``fraction`` (of N, rounded, at least 1). Returns (n,) int64
-    indices into ``features`` in selection order. ``progress``: tqdm bar (None = only on a tty).
+    indices into ``features`` in selection order. ``progress``: None = a bar on a tty, plain lines when piped; False = silent.
     """
     x, start = prepare(features, projection_dim, seed)
     count = _count(x.shape[0], n, fraction)

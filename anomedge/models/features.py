@@ -23,10 +23,9 @@ def batches(paths: Sequence[Path], spec: InputSpec, batch_size: int) -> Iterator
 def extract(module: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[Path], spec: InputSpec,
             batch_size: int = 16, progress: bool | None = None) -> np.ndarray:
     """Run ``module`` over all images → concatenated (N, …) float32 numpy array."""
-    from tqdm import tqdm
+    from ..progress import steps
 
     total = (len(paths) + batch_size - 1) // batch_size
-    disable = None if progress is None else not progress  # None: show only on a terminal
     outs = [module(b).float().numpy()
-            for b in tqdm(batches(paths, spec, batch_size), total=total, desc="features", disable=disable, leave=False)]
+            for b in steps(batches(paths, spec, batch_size), total, "features", progress)]
     return np.concatenate(outs, axis=0)

@@ -102,7 +102,8 @@ class PatchCore(Detector):
         if count >= len(patches):
             index = np.arange(len(patches))
         else:
-            index = greedy_coreset(patches, n=count, projection_dim=self.config.projection_dim, seed=self.config.seed)
+            index = greedy_coreset(patches, n=count, projection_dim=self.config.projection_dim, seed=self.config.seed,
+                                   progress=self.progress)
         self.bank = np.ascontiguousarray(patches[index]).astype(self.config.bank_dtype)
         self.n_train_patches = len(patches)
         self.kernel, self.kernel_ms = fastest_knn_kernel(self.bank, h * w, self.config.k)

@@ -99,6 +99,12 @@ def _create(spec: ViTSpec, pretrained: bool) -> torch.nn.Module:
             torch.manual_seed(RANDOM_INIT_SEED)
             return timm.create_model(spec.name, pretrained=pretrained, img_size=spec.image_size, num_classes=0,
                                      **spec.model_kwargs)
+    except OSError as exc:  # hub download offline / unreachable (huggingface_hub errors are OSErrors)
+        if not pretrained:
+            raise
+        raise InputError(f"vit: cannot download the pretrained '{spec.name}' weights from the model hub "
+                         f"({type(exc).__name__}); offline, pass --param weights=PATH (.safetensors/.pth) "
+                         "or --param weights=none (random init)") from exc
     except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
         raise InputError(f"timm model '{spec.name}' at {spec.image_size} px with {spec.model_kwargs or 'no extra kwargs'}: "
                          f"{str(exc)[:160]}") from exc

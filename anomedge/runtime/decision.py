@@ -130,6 +130,15 @@ class Decision:
                 "since": self.since, "on_error": self.on_error}
 
 
+def thresholds_for(thresholds: dict[str, Any] | None, precision: str | None) -> dict[str, Any] | None:
+    """The thresholds block in force for a model ``precision``: ``thresholds.variants.<precision>``
+    when ``ad-calibrate --precision`` made one (INT8 shifts scores), else the fp32 block."""
+    if not isinstance(thresholds, dict) or precision in (None, "fp32"):
+        return thresholds
+    variant = (thresholds.get("variants") or {}).get(precision) if isinstance(thresholds.get("variants"), dict) else None
+    return variant if isinstance(variant, dict) else thresholds
+
+
 METADATA_MAX_BYTES = 16 << 20  # a metadata.json larger than this is not re-read
 
 
@@ -142,11 +151,12 @@ class ThresholdWatch:
     and is reported once in ``error`` (the caller logs it).
     """
 
-    def __init__(self, metadata_path, override: float | None = None, on_error: str = "error", artifact=None):
+    def __init__(self, metadata_path, override: float | None = None, on_error: str = "error", artifact=None,
+                 precision: str | None = None):
         """``artifact``: the loaded ``Artifact``; when given, the re-read also checks that nothing but
         the thresholds changed (``Artifact.reread_thresholds``: a changed contract needs a restart)."""
         self.path = metadata_path
-        self.artifact = artifact
+        self.artifact, self.precision = artifact, precision
         self.override, self.on_error = override, on_error
         self.error: str | None = None
         self._key = self._stamp()
@@ -174,7 +184,8 @@ class ThresholdWatch:
                 if not isinstance(meta, dict):
                     raise ArtifactError(f"{self.path}: expected a JSON object")
                 thresholds = meta.get("thresholds")
-            new = Decision.from_thresholds(thresholds, self.override, self.on_error, f"{self.path}: ")
+            new = Decision.from_thresholds(thresholds_for(thresholds, self.precision), self.override, self.on_error,
+                                           f"{self.path}: ")
         except (OSError, ValueError, RecursionError, ArtifactError, InputError) as exc:
             self.error = f"{self.path} changed but cannot be used ({exc}); keeping threshold {current.threshold}"
             return None

@@ -22,7 +22,7 @@ from ..errors import ArtifactError, InputError
 from ..scoring.heads import PassThroughHead, make_head
 from ..scoring.postprocess import anomaly_maps, image_scores
 from .backends.base import Backend, Stages
-from .decision import Decision
+from .decision import Decision, thresholds_for
 from .preprocess import preprocess
 from .registry import get_backend
 
@@ -92,8 +92,8 @@ class Inspector:
         graph = graph_file(artifact, placement)
         if graph is not None:
             options.setdefault("model_file", graph)
-        self.decision = Decision.from_thresholds(artifact.metadata.thresholds, threshold,
-                                                 where=f"{artifact.root}/metadata.json: ")
+        self.decision = Decision.from_thresholds(thresholds_for(artifact.metadata.thresholds, options.get("precision")),
+                                                 threshold, where=f"{artifact.root}/metadata.json: ")
         self.artifact = artifact
         self.placement = placement
         self.backend = get_backend(backend)(artifact, device, **options)

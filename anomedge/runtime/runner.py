@@ -108,7 +108,7 @@ class Runner:
             raise InputError(f"--on-error '{on_error}': expected one of {', '.join(ON_ERROR)}")
         inspector.decision = replace(inspector.decision, on_error=on_error)
         self.watch = (ThresholdWatch(inspector.artifact.root / METADATA, self._override(), on_error,
-                                     artifact=inspector.artifact)
+                                     artifact=inspector.artifact, precision=inspector.backend.precision)
                       if watch_thresholds else None)
         self._watch_error: str | None = None
 

@@ -7,8 +7,9 @@ record and the ``OSError`` raised (the runner turns it into ``SinkError``: the r
 the summary and exit 1).
 
 - ``JsonlSink(path, fsync=False, rotate_mb=None)``: one JSON object per line (non-finite numbers as null).
-- ``CsvSink(path, ...)``: the columns of ``CSV_COLUMNS``; ``time`` is the timestamp in ISO 8601 (UTC);
-  ``ms`` and ``boxes`` as JSON text; the header is written once per file.
+- ``CsvSink(path, ...)``: the columns of ``CSV_COLUMNS``: ``time`` is the timestamp as ISO 8601 UTC
+  (``timestamp`` stays epoch seconds), one ``<stage>_ms`` column per stage (``total_ms``, ``preprocess_ms``,
+  …), ``boxes`` as JSON text; the header is written once per file.
 - ``ConsoleSink(stream, as_json=False)``: one readable line per record for people (``human_line``),
   or the JSON line with ``as_json``.
 
@@ -34,8 +35,9 @@ from datetime import datetime, timezone
 
 from ..errors import AnomedgeError, InputError
 
-CSV_COLUMNS = ("source", "index", "timestamp", "time", "label", "score", "score_normalized", "threshold", "dropped",
-               "ms", "boxes", "overlay", "error")
+CSV_MS = ("total", "preprocess", "infer", "score", "postprocess")
+CSV_COLUMNS = ("source", "index", "time", "timestamp", "label", "score", "score_normalized", "threshold", "dropped",
+               *(f"{stage}_ms" for stage in CSV_MS), "boxes", "overlay", "error")
 
 
 class SinkError(AnomedgeError):
@@ -176,9 +178,11 @@ class CsvSink:
     def write(self, record: dict[str, Any]) -> None:
         row = {k: record.get(k, "") for k in CSV_COLUMNS}
         row["time"] = iso_time(record.get("timestamp"))
-        for key in ("ms", "boxes"):
-            if key in record:
-                row[key] = _json(record[key])
+        for stage, value in (record.get("ms") or {}).items():
+            if f"{stage}_ms" in row:
+                row[f"{stage}_ms"] = value
+        if "boxes" in record:
+            row["boxes"] = _json(record["boxes"])
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
         if self._file.is_empty:

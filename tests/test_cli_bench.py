@@ -1,0 +1,54 @@
+"""ad-bench on a real artifact: --no-reference, the --atol/--rtol gate and its exit code, the table's units."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from anomedge.cli.bench import within
+
+
+def bench(*args):
+    code = "from anomedge.cli.bench import main; main()"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory, elpv_paths):
+    folder = tmp_path_factory.mktemp("frames")
+    for p in elpv_paths[20:24]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def test_within_is_polygraphys_rule():
+    ref = np.array([1.0, 10.0])
+    assert within(ref, ref + [1e-3, 1e-2], atol=1e-3, rtol=1e-3)
+    assert not within(ref, ref + [0.0, 0.0111], atol=1e-3, rtol=1e-3)
+    assert not within(ref, ref + [2e-3, 0.0], atol=1e-3, rtol=0.0)
+
+
+@pytest.mark.slow
+def test_gate_passes_within_tolerance_and_fails_with_exit_1(tiny_artifact, frames_dir, tmp_path):
+    common = (tiny_artifact.root, "--data", frames_dir, "--runs", 2, "--warmup", 1, "--registry", tmp_path / "r.sqlite")
+    ok = bench(*common, "--atol", "1e-3", "--rtol", "1e-3")
+    assert ok.returncode == 0, ok.stderr
+    assert "parity PASSED" in ok.stdout and "PASS" in ok.stdout.split("parity PASSED")[0] and "100.0 %" in ok.stdout
+    assert "p50 ms" in ok.stdout and "model MiB" in ok.stdout and "bench: torch" in ok.stderr
+    bad = bench(*common, "--atol", "0", "--rtol", "0", "--backends", "onnxruntime:int8")  # no int8 file: cannot run
+    assert bad.returncode == 1 and "parity FAILED" in bad.stderr
+
+
+@pytest.mark.slow
+def test_no_reference_skips_torch_and_refuses_a_gate(tiny_artifact, frames_dir, tmp_path):
+    common = (tiny_artifact.root, "--data", frames_dir, "--runs", 2, "--warmup", 1, "--registry", tmp_path / "r.sqlite")
+    result = bench(*common, "--no-reference")
+    assert result.returncode == 0, result.stderr
+    assert "torch" not in result.stdout.split("\n", 2)[1] and "bench: torch" not in result.stderr
+    assert "onnxruntime" in result.stdout and "agreement" not in result.stdout
+    refused = bench(*common, "--no-reference", "--atol", "1e-3")
+    assert refused.returncode == 2 and "drop --no-reference" in refused.stderr
