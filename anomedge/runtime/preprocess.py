@@ -8,6 +8,7 @@ antialias — the same as ``torch.nn.functional.interpolate(..., align_corners=F
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import cv2
@@ -16,8 +17,24 @@ import numpy as np
 from ..artifact import InputSpec
 from ..errors import InputError
 
-# Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+_LOG_LEVEL_ERROR = 2  # cv::utils::logging::LOG_LEVEL_ERROR, the same number in OpenCV 4 and 5
+
+
+def quiet_opencv_logging() -> None:
+    """Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
+
+    OpenCV 5 has ``cv2.utils.logging.setLogLevel``, OpenCV 4.x only ``cv2.setLogLevel``; both take the
+    same level numbers. A user who sets OPENCV_LOG_LEVEL keeps that level.
+    """
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    set_level = getattr(api, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    if set_level is not None:
+        set_level(getattr(api, "LOG_LEVEL_ERROR", _LOG_LEVEL_ERROR))
+
+
+quiet_opencv_logging()
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 _DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}
