@@ -22,6 +22,7 @@ The venvs install from the package registry (pip's cache makes a second run fast
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import glob
 import json
 import math
@@ -73,11 +74,12 @@ KINDS = (
 
 # The lowest versions pyproject.toml allows, by the Python the floors venv gets. Python 3.10 is JetPack 6's
 # and Ubuntu 22.04's: OpenCV 4.5.4 is Ubuntu 22.04's python3-opencv; numpy 1.21.6 is the lowest
-# onnxruntime 1.17 accepts (Ubuntu's 1.21.5 is below it). On 3.11 numpy starts at 1.23.2 and OpenCV's
-# oldest 3.11 wheel is 4.5.5.64.
+# onnxruntime accepts (Ubuntu's 1.21.5 is below it); onnxruntime 1.18 is the first that loads ONNX IR
+# version 10, which the exporter writes (1.17: "Unsupported model IR version: 10, max supported IR
+# version: 9"). On 3.11 numpy starts at 1.23.2 and OpenCV's oldest 3.11 wheel is 4.5.5.64.
 FLOORS = {
-    (3, 10): ("numpy==1.21.6", "opencv-python-headless==4.5.4.60", "onnxruntime==1.17.0", "click==8.1.0"),
-    (3, 11): ("numpy==1.23.2", "opencv-python-headless==4.5.5.64", "onnxruntime==1.17.0", "click==8.1.0"),
+    (3, 10): ("numpy==1.21.6", "opencv-python-headless==4.5.4.60", "onnxruntime==1.18.0", "click==8.1.0"),
+    (3, 11): ("numpy==1.23.2", "opencv-python-headless==4.5.5.64", "onnxruntime==1.18.0", "click==8.1.0"),
 }
 VERSIONS = ("import sys, cv2, numpy, onnxruntime, click; print('python %d.%d.%d' % sys.version_info[:3], "
             "'numpy', numpy.__version__, 'opencv', cv2.__version__, 'onnxruntime', onnxruntime.__version__, "
@@ -101,6 +103,7 @@ class Cell:
     run: bool
     verify: bool | None  # None: no ad-verify in this tree
     why: str = ""
+    score_diff: float | None = None  # max relative score difference vs the workstation
 
     @property
     def ok(self) -> bool:
@@ -162,6 +165,9 @@ def export_all(kinds: list[Kind], train: Path, artifacts: Path) -> dict[str, str
             continue
         done.add(kind.artifact)
         out = artifacts / kind.artifact
+        if (out / "metadata.json").is_file():  # a --work folder of an earlier run
+            step(f"reusing {out}")
+            continue
         started = time.perf_counter()
         proc = sh([str(WORKSTATION_BIN / "ad-export"), str(train), *kind.export, "--holdout", "0.25", "--quiet",
                    "--out", str(out), "--registry", str(artifacts.parent / "registry.db")], timeout=900, env=dict(os.environ))
@@ -284,6 +290,13 @@ def records(path: Path) -> list[dict]:
         return []
 
 
+def max_rel_diff(got: list[dict], reference: list[dict] | None) -> float | None:
+    """Largest relative score difference against the workstation's records (None: nothing to compare)."""
+    pairs = [(g["score"], r["score"]) for g, r in zip(got, reference or [])
+             if isinstance(g.get("score"), float) and isinstance(r.get("score"), float)]
+    return max((abs(a - b) / max(abs(b), 1e-12) for a, b in pairs), default=None)
+
+
 def check_records(got: list[dict], images: int, reference: list[dict] | None) -> str:
     """'' when the records are complete, labelled OK/NG with finite scores and agree with ``reference``."""
     if len(got) != images:
@@ -314,7 +327,7 @@ def run_cell(env: Env, kind: Kind, artifact: Path, images: Path, out: Path, refe
         verify = check.returncode == 0
         if not verify:
             why += ("; " if why else "") + f"ad-verify exit {check.returncode}: {last_line(check)}"
-    return Cell(not why or why.startswith("ad-verify"), verify, why)
+    return Cell(not why or why.startswith("ad-verify"), verify, why, max_rel_diff(records(jsonl), reference))
 
 
 def table(envs: list[Env], kinds: list[Kind]) -> str:
@@ -325,7 +338,8 @@ def table(envs: list[Env], kinds: list[Kind]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one, removed at the end)")
+    parser.add_argument("--work", type=Path, help="working folder, kept; artifacts already exported there are reused "
+                                                  "(default: a new temporary one, removed at the end)")
     parser.add_argument("--envs", default="workstation,base,base-unprivileged,floors")
     parser.add_argument("--kinds", default=",".join(k.name for k in KINDS))
     args = parser.parse_args()
@@ -339,8 +353,10 @@ def main() -> int:
         train, images = real_images(work)
         artifacts = work / "artifacts"
         artifacts.mkdir(exist_ok=True)
-        export_failed = export_all(kinds, train, artifacts)
-        envs = build_envs(args.envs.split(","), work)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:  # pip installs while the workstation exports
+            building = pool.submit(build_envs, args.envs.split(","), work)
+            export_failed = export_all(kinds, train, artifacts)
+            envs = building.result()
         read_only = read_only_copy(artifacts, work) if any(e.user for e in envs) else None
         reference: dict[str, list[dict]] = {}
         for env in envs:
@@ -365,7 +381,9 @@ def main() -> int:
         print(table(envs, kinds))
         print()
         for env in envs:
-            print(f"{env.name}: {env.skip or env.versions}" + (" (as nobody, read-only artifacts)" if env.user else ""))
+            diffs = [c.score_diff for c in env.cells.values() if c.score_diff is not None]
+            print(f"{env.name}: {env.skip or env.versions}" + (" (as nobody, read-only artifacts)" if env.user else "")
+                  + (f"; max rel score diff vs workstation {max(diffs):.1e}" if diffs else ""))
         failures = [(e.name, k, c.why) for e in envs for k, c in e.cells.items() if not c.ok]
         for env_name, kind_name, why in failures:
             print(f"FAIL {env_name} × {kind_name}: {why}")

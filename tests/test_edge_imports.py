@@ -9,6 +9,7 @@ same artifacts in real base and floor venvs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -98,3 +99,21 @@ finally:
     records = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert len(records) == 4
     assert {r["label"] for r in records} <= {"OK", "NG"} and all(r["score"] > 0 for r in records)
+
+
+@pytest.mark.parametrize("preset, level", [(None, 2), ("INFO", 4)])
+def test_opencv_log_quieted_to_errors_unless_the_user_set_a_level(preset, level):
+    """OpenCV's own log goes to ERROR (2) at import, through whichever API this OpenCV has (4.x: cv2.setLogLevel,
+    5: cv2.utils.logging); a user's OPENCV_LOG_LEVEL is kept. The floors venv of .ci/edge.py runs OpenCV 4.5."""
+    code = """
+import cv2
+import anomedge.runtime.preprocess
+api = getattr(getattr(cv2, "utils", None), "logging", None)
+print((getattr(api, "getLogLevel", None) or cv2.getLogLevel)())
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OPENCV_LOG_LEVEL"}
+    if preset:
+        env["OPENCV_LOG_LEVEL"] = preset
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout.split()[-1]) == level
