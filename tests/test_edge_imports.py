@@ -38,11 +38,17 @@ def loaded_refused():
     return sorted({{m.partition(".")[0] for m in sys.modules}} & set(REFUSED))
 """
 
+# Packages that are edge code as a whole (each walked, every module imported), where they exist.
+EDGE_PACKAGES = ("anomedge.runtime", "anomedge.scoring")
+
 IMPORT_ALL = REFUSE + f"""
-import importlib, pkgutil
-import anomedge.runtime
-names = sorted({{m.name for m in pkgutil.walk_packages(anomedge.runtime.__path__, "anomedge.runtime.")}}
-               | {{"anomedge.runtime"}} | set({EDGE_MODULES!r}))
+import importlib, importlib.util, pkgutil
+names = set({EDGE_MODULES!r})
+for package in {EDGE_PACKAGES!r}:
+    if importlib.util.find_spec(package) is not None:
+        path = importlib.import_module(package).__path__
+        names |= {{package}} | {{m.name for m in pkgutil.walk_packages(path, package + ".")}}
+names = sorted(names)
 failed = {{}}
 for name in names:
     try:
