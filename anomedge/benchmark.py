@@ -1,8 +1,8 @@
 """Latency and parity of runtime backends against the PyTorch reference (torch-free itself).
 
 ``score_frames(inspector, frames)`` → (scores (N,), maps (N,H,W)); ``latency(inspector, frames, runs,
-warmup)`` → per-stage and end-to-end p50/p99 (batch 1); ``parity(ref, test, threshold)`` → max
-relative score difference, max normalised map difference, OK/NG agreement.
+warmup)`` → per-stage and end-to-end p50/p99 (batch 1); ``parity(ref, test, threshold)`` (from
+``runtime.verify``) → max relative score difference, max normalised map difference, OK/NG agreement.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .runtime.pipeline import STAGE_NAMES, Inspector
+from .runtime.verify import Parity, parity  # noqa: F401  (re-exported: callers compare with it)
 
 
 def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, float]:
@@ -70,25 +71,6 @@ def latency(inspector: Inspector, frames: Sequence[np.ndarray], runs: int = 100,
             per_stage[name].append(ms)
     return Latency({k: float(np.median(v)) for k, v in per_stage.items()}, float(np.median(totals)),
                    float(np.percentile(totals, 99)), runs)
-
-
-@dataclass
-class Parity:
-    max_rel_score_diff: float
-    max_map_diff: float  # max |Δmap| / (reference map range), over images
-    decision_agreement: float
-    n: int
-
-
-def parity(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, maps: np.ndarray,
-           threshold: float | None) -> Parity:
-    rel = np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)
-    flat = ref_maps.reshape(len(ref_maps), -1)
-    # relative to the map's range; a constant map (global detectors) falls back to 1e-6 of its level
-    ranges = np.maximum(np.ptp(flat, axis=1), np.maximum(1e-6 * np.abs(flat).max(axis=1), 1e-12))
-    map_diff = np.abs(maps - ref_maps).reshape(len(maps), -1).max(axis=1) / ranges
-    agree = 1.0 if threshold is None else float(np.mean((scores > threshold) == (ref_scores > threshold)))
-    return Parity(float(rel.max()), float(map_diff.max()), agree, len(scores))
 
 
 @dataclass
@@ -149,15 +131,18 @@ def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[st
     return reports
 
 
-def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20) -> dict[str, float]:
-    """Median ms of one (P,D) × bank k=1 search: both fused kernels vs faiss IndexFlatL2 (if installed)."""
-    from .runtime.scoring import KnnIndex
+def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20, graph=None) -> dict[str, float]:
+    """Median ms of one (P,D) × bank k=1 search: both fused kernels vs faiss IndexFlatL2 (if installed).
+    ``graph``: a k=1 ``knn.onnx`` (path or bytes); None builds one (needs onnx: workstation only)."""
+    from .scoring.kernels import KnnIndex, OnnxKnnIndex
 
-    from .runtime.knn_onnx import OnnxKnnIndex
+    if graph is None:
+        from .scoring.graph import build_knn_search
 
-    index, graph = KnnIndex(bank), OnnxKnnIndex(bank, 1)
+        graph = build_knn_search(bank, 1).SerializeToString()
+    index, onnx_index = KnnIndex(bank), OnnxKnnIndex(bank, 1, graph)
     result = {"fused numpy": timed(lambda: index.search(queries, 1), runs)[0],
-              "fused onnxruntime": timed(lambda: graph.search(queries, 1), runs)[0]}
+              "fused onnxruntime": timed(lambda: onnx_index.search(queries, 1), runs)[0]}
     try:
         import faiss
     except ImportError:
@@ -176,19 +161,25 @@ def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[st
         feats = inspector.stages.infer(inspector.stages.preprocess([frame]))["features"]
     queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     bank = artifact.array("bank.npy")
+    shipped = artifact.path("knn.onnx") if artifact.has("knn.onnx") and artifact.metadata.scoring.get("k", 1) == 1 else None
     return {"bank rows": len(bank), "queries": len(queries),
-            **{f"{k} ms": v for k, v in kernel_race(bank, queries, runs).items()}}
+            **{f"{k} ms": v for k, v in kernel_race(bank, queries, runs, shipped).items()}}
 
 
 def fastest_knn_kernel(bank: np.ndarray, queries: int, k: int = 1, runs: int = 10) -> tuple[str, dict[str, float]]:
-    """Race the host kNN kernels on random queries shaped like one frame's patches → (winner, ms by kernel)."""
-    from .runtime.heads import KNN_KERNELS
+    """Race the host kNN kernels on random queries shaped like one frame's patches → (winner, ms by kernel).
+
+    Run at fit time on the workstation (builds the kNN graph in memory, needs onnx); its winner is
+    only the recorded default: the edge races again on its own CPU (``runtime.kernel_race``)."""
+    from .scoring.graph import build_knn_search
+    from .scoring.heads import KNN_KERNELS
 
     rng = np.random.default_rng(0)
     sample = bank[rng.integers(0, len(bank), queries)].astype(np.float32)
     q = sample + rng.normal(scale=float(sample.std()) * 0.1, size=sample.shape).astype(np.float32)
+    graph = build_knn_search(bank, k).SerializeToString()
     times = {}
     for name, make in KNN_KERNELS.items():
-        index = make(bank, k)
+        index = make(bank, k, graph)
         times[name] = timed(lambda: index.search(q, k), runs)[0]
     return min(times, key=times.get), times

@@ -18,7 +18,7 @@ import argparse
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from anomedge.runtime.scoring import KnnIndex, MahalanobisIndex, inverse_cov_factor
+from anomedge.scoring.kernels import KnnIndex, MahalanobisIndex, inverse_cov_factor
 
 
 from anomedge.benchmark import timed as bench  # noqa: E402  (median, min) ms

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from anomedge.artifact import METADATA, Artifact, write_metadata
+from anomedge.artifact import Artifact
 from anomedge.benchmark import latency, score_frames
 from anomedge.errors import AnomedgeError
-from anomedge.export.scoring_head import GRAPH_FILE, add_graph_placement, graph_view
+from anomedge.export.writer import add_graph_placement
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.preprocess import read_image
 
@@ -56,9 +56,8 @@ def main() -> None:
         label = backend + (f" {options['precision']}" if options else "")
         results = {}
         for placement in ("host", "graph"):
-            art, extra = (artifact, {}) if placement == "host" else (graph_view(artifact), {"model_file": GRAPH_FILE})
             try:
-                with Inspector(art, backend, threads=args.threads, **options, **extra) as inspector:
+                with Inspector(artifact, backend, threads=args.threads, placement=placement, **options) as inspector:
                     scores, _ = score_frames(inspector, frames)
                     lat = latency(inspector, frames, args.runs, 10)
             except AnomedgeError as exc:
@@ -79,10 +78,8 @@ def main() -> None:
     print("faster placement:", winners)
     print("artifact files (MiB):", sizes(scratch))
     if args.record:
-        root = Path(args.artifact)
-        meta = json.loads((root / METADATA).read_text())
-        meta["scoring"]["placement_by_backend"] = winners
-        write_metadata(root, meta)
+        with Artifact.edit(args.artifact) as edit:
+            edit.meta["scoring"]["placement_by_backend"] = winners
     if args.json:
         Path(args.json).write_text(json.dumps({"rows": rows, "winners": winners, "sizes_mib": sizes(scratch)}, indent=2))
     shutil.rmtree(scratch.parent)

@@ -6,9 +6,11 @@ import pytest
 from anomedge.artifact import Artifact, InputSpec, Metadata, write_artifact, write_metadata
 from anomedge.errors import ArtifactError
 
+from conftest import write_tiny_onnx
+
 
 def _write(tmp_path, arrays=None):
-    (tmp_path / "model.onnx").write_bytes(b"not really onnx, but hashed all the same")
+    write_tiny_onnx(tmp_path / "model.onnx", 32, 48)
     meta = Metadata(detector="patchcore", input=InputSpec("image", 32, 48), outputs={"names": ["features"]},
                     scoring={"kind": "knn", "k": 1}, postprocess={"blur_sigma": 4.0, "reduction": {"name": "max"}},
                     model={"backbone": {}}, thresholds={"image": 1.5}, files={"model.onnx": ""})
@@ -50,7 +52,7 @@ def test_other_schema_version_is_refused(tmp_path):
     _write(tmp_path)
     meta = json.loads((tmp_path / "metadata.json").read_text())
     meta["schema_version"] = 99
-    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    write_metadata(tmp_path, meta)
     with pytest.raises(ArtifactError, match="schema_version 99"):
         Artifact.load(tmp_path)
 

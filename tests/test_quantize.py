@@ -70,10 +70,10 @@ def test_mixed_int8_keeps_named_conv_float_and_runs_by_model_file(art, first_con
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_unknown_node_is_refused_and_nothing_changes(art, precision, elpv_paths):
-    before = {p.name: p.read_bytes() for p in art.iterdir()}
+    before = {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()}
     with pytest.raises(InputError, match=r"model.onnx: no node named conv_typo; --exclude takes node names"):
         add_variant(art, precision, elpv_paths[:4], exclude=["conv_typo"])
-    assert {p.name: p.read_bytes() for p in art.iterdir()} == before  # no stray file, same bytes
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()} == before  # no stray file, same bytes
 
 
 def test_failed_requantisation_keeps_the_existing_variant(art, tmp_path, elpv_paths):
@@ -81,10 +81,10 @@ def test_failed_requantisation_keeps_the_existing_variant(art, tmp_path, elpv_pa
         add_variant(art, "int8", elpv_paths[:4])
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
-    before = {p.name: p.read_bytes() for p in art.iterdir()}
+    before = {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()}
     with pytest.warns(UserWarning, match="broken.png"), pytest.raises(InputError, match="no readable calibration"):
         add_variant(art, "int8", [broken])
-    assert {p.name: p.read_bytes() for p in art.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in art.iterdir() if p.is_file()} == before
     Artifact.load(art)
 
 

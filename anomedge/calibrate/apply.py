@@ -1,14 +1,14 @@
 """Calibrate an artifact: score good (and labelled validation) images through the runtime, compute
 thresholds and the normaliser, and rewrite ONLY the ``thresholds`` block of ``metadata.json``.
 
-The write is atomic (temp file, fsync, rename) and happens after everything is computed: a failure
-at any point leaves metadata.json byte-identical. The previous thresholds are kept in ``history``.
-Hashed files are never touched, so no re-export is needed.
+The write goes through ``Artifact.edit``: atomic (temp file, fsync, rename), after everything is
+computed, refused if metadata.json changed meanwhile; a failure at any point leaves metadata.json
+byte-identical. The previous thresholds are kept in ``history``. ``thresholds`` is the one block
+outside the spec hash, so no re-export (and no re-signing) is needed.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifact import METADATA, Artifact, write_metadata
+from ..artifact import Artifact
 from ..errors import InputError
 from ..runtime.pipeline import Inspector
 from ..runtime.preprocess import read_image
@@ -96,8 +96,18 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
     root = Path(artifact_dir)
     if val is not None and len(val[1]) != len(val[0]):
         raise InputError(f"validation labels: {len(val[1])} labels for {len(val[0])} images; they must pair up")
-    artifact = Artifact.load(root)
-    before = (root / METADATA).read_bytes()
+    with Artifact.edit(root) as edit:
+        block = _thresholds_block(edit.artifact, good, method, val, backend, params)
+        old = dict(edit.meta.get("thresholds") or {})
+        history = old.pop("history", [])
+        block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
+        edit.meta["thresholds"] = block
+    return block
+
+
+def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val, backend: str,
+                      params: dict[str, Any]) -> dict[str, Any]:
+    """Score the images through the runtime and compute the new thresholds block (without history)."""
     if len(good) and len(good) < MIN_GOOD:
         warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
     with Inspector(artifact, backend) as inspector:
@@ -119,14 +129,6 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
         "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    if (root / METADATA).read_bytes() != before:
-        raise InputError(f"{root / METADATA} changed while calibrating; run ad-calibrate again")
-    meta = json.loads(before)
-    old = dict(meta.get("thresholds") or {})
-    history = old.pop("history", [])
-    block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
-    meta["thresholds"] = block
-    write_metadata(root, meta)
     return block
 
 

@@ -24,11 +24,13 @@ from .common import one_line_errors, parse_params
               help="Precision of the extra formats (int8 calibrates on the training images).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default="host", show_default=True,
               help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis + map in one graph) and use it by default.")
+@click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None,
+              help="Sign the artifact with this ed25519 private key (PEM; see ad-sign --keygen).")
 @click.option("--quiet", is_flag=True, help="Print only the artifact path.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
 def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, formats, precision,
-         placement, quiet, registry):
+         placement, sign_key, quiet, registry):
     """Fit DETECTOR on the good images of DATA and export an artifact folder.
 
     DATA is a data set (elpv:mono, elpv:poly, digits:7, synthetic:brick) or a folder (MVTec layout
@@ -39,6 +41,10 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     from ..export.formats import check_options, parse_formats
     from ..models.backbones import BackboneSpec
 
+    if sign_key:
+        from ..artifact.signing import check_private_key
+
+        check_private_key(sign_key)  # a wrong key fails before the fit, not after it
     values = parse_params(params)
     if backbone or stages or weights:
         spec = BackboneSpec.for_model(backbone or "tf_efficientnet_lite0",
@@ -75,6 +81,10 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     from ..artifact import Artifact
     from .runs import record_run
 
+    if sign_key:
+        from ..artifact.signing import sign
+
+        sign(root, sign_key)
     report.artifact = Artifact.load(root)
     meta = report.artifact.metadata
     record_run(registry, "export", str(report.artifact.root),
@@ -93,12 +103,9 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
 
 def _use_graph_placement(root) -> None:
     """Write model.graph.onnx and make placement "graph" the artifact's default."""
-    import json
-
-    from ..artifact import METADATA, write_metadata
-    from ..export.scoring_head import add_graph_placement
+    from ..artifact import Artifact
+    from ..export.writer import add_graph_placement
 
     add_graph_placement(root)
-    meta = json.loads((root / METADATA).read_text())
-    meta["scoring"]["placement"] = "graph"
-    write_metadata(root, meta)
+    with Artifact.edit(root) as edit:
+        edit.meta["scoring"]["placement"] = "graph"

@@ -46,6 +46,7 @@ from .common import one_line_errors
 @click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata.")
 @click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
               help="Override the host kNN kernel recorded in the artifact (raced at export).")
+@click.option("--skip-verify", is_flag=True, help="Inspect without first checking the golden frames (see ad-verify).")
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here (JSON lines).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append decision records here (CSV).")
 @click.option("--rotate-mb", type=float, default=None, help="Rotate --jsonl/--csv files at this size.")
@@ -55,12 +56,15 @@ from .common import one_line_errors
 @click.option("--webhook", default=None, help="POST each NG record as JSON to this URL.")
 @click.option("--mqtt", default=None, help="Publish every record to HOST:PORT/TOPIC (needs paho-mqtt).")
 @click.option("--serve", default=None, help="Live view and REST API on HOST:PORT (e.g. 127.0.0.1:8080).")
+@click.option("--trust", multiple=True, type=click.Path(dir_okay=False),
+              help="Public key (PEM) whose signature the artifact must carry (repeatable; implies --require-signature).")
+@click.option("--require-signature", is_flag=True, help="Refuse an unsigned artifact (a wrong signature is always refused).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
 def main(artifact, source, camera, watch, watch_state, loop, width, height, fps, exposure, gain, roi, policy,
          capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend, device, precision,
-         placement, allow_fallback, threads, threshold, knn_kernel, jsonl, csv_path, rotate_mb, fsync, save_ng,
-         save_every, webhook, mqtt, serve, quiet):
+         placement, allow_fallback, threads, threshold, knn_kernel, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng,
+         save_every, webhook, mqtt, serve, trust, require_signature, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import json
@@ -117,7 +121,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
         if not quiet:
             sinks.append(lambda record: click.echo(json.dumps(record)))
 
-        loaded = Artifact.load(artifact)
+        loaded = Artifact.load(artifact, trust=trust, require_signature=require_signature)
         settings = CaptureSettings(width=width, height=height, fps=fps, exposure=exposure, gain=gain,
                                    open_timeout_s=open_timeout_s, reconnect_max_s=reconnect_max_s,
                                    exit_on_disconnect=exit_on_disconnect, loop=loop)
@@ -134,6 +138,9 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
                                                   knn_kernel=knn_kernel, placement=placement, **options))
         if inspector.threshold is None:
             raise click.UsageError("the artifact has no image threshold: run ad-calibrate or pass --threshold")
+        from ..runtime.verify import startup_check
+
+        verified = startup_check(inspector, skip=skip_verify)  # the golden frames, here; exit 2 outside tolerance
         runner = Runner(inspector, sinks, roi=region, evidence=evidence)
 
         capture = None
@@ -148,7 +155,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
             if not host or not port.isdigit():
                 raise InputError(f"--serve '{serve}': expected HOST:PORT, e.g. 127.0.0.1:8080")
             info = {"artifact": str(loaded.root), "detector": loaded.metadata.detector, "backend": backend,
-                    "source": getattr(frames, "path", None)}
+                    "source": getattr(frames, "path", None), "verify": verified}
             view = LiveView(runner, info, host, int(port), source=frames, capture=capture).start()
             stack.callback(view.close)
             runner.observers.append(view.update)

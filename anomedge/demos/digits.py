@@ -103,7 +103,7 @@ def run_digits_demo(out: str | Path, anomaly_digit: int = 7, params: dict[str, A
     ``max_train``: fit on a seeded subset of at most that many good training digits (a quick look)."""
     import torch
 
-    from ..artifact import Artifact, write_metadata
+    from ..artifact import Artifact
     from ..benchmark import parity, score_frames
     from ..calibrate.metrics import auroc
     from ..datasets import load_dataset
@@ -130,11 +130,10 @@ def run_digits_demo(out: str | Path, anomaly_digit: int = 7, params: dict[str, A
     artifact = write_detector(model, out / "artifact")
     threshold = None
     if hold_paths:
-        meta = artifact.metadata.to_dict()
-        meta["thresholds"] = holdout_threshold(artifact, hold_paths, 0.99)
-        write_metadata(artifact.root, meta)
-        artifact = Artifact.load(artifact.root)
-        threshold = float(meta["thresholds"]["image"])
+        with Artifact.edit(artifact.root) as edit:
+            edit.meta["thresholds"] = holdout_threshold(edit.artifact, hold_paths, 0.99)
+        artifact = edit.artifact
+        threshold = float(artifact.metadata.thresholds["image"])
     save_loss_curve(model.history, out / "loss_curve.png", title="autoencoder on digits")
 
     labels = np.asarray(split.test_labels)

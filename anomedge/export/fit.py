@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifact import Artifact, write_metadata
+from ..artifact import Artifact
 from ..errors import InputError
 from ..models.detector import get_detector
 from ..runtime.pipeline import Inspector
@@ -63,14 +63,13 @@ def fit_and_export(train: Sequence[Path], detector: str, params: dict[str, Any],
     model.fit(fit_paths)
     fit_seconds = time.perf_counter() - start
     start = time.perf_counter()
-    artifact = write_detector(model, out)
+    artifact = write_detector(model, out, golden_images=[*hold_paths, *fit_paths])
     export_seconds = time.perf_counter() - start
     threshold = None
     if hold_paths:
         thresholds = holdout_threshold(artifact, hold_paths, quantile)
-        meta = artifact.metadata.to_dict()
-        meta["thresholds"] = thresholds
-        write_metadata(artifact.root, meta)
-        artifact = Artifact.load(artifact.root)
+        with Artifact.edit(artifact.root) as edit:
+            edit.meta["thresholds"] = thresholds
+        artifact = edit.artifact
         threshold = thresholds["image"]
     return ExportReport(artifact, fit_seconds, export_seconds, len(fit_paths), len(hold_paths), threshold)

@@ -8,10 +8,9 @@ run with ``--backend openvino --model-file model.xml``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..artifact import Artifact
 from ..errors import BackendUnavailable, InputError
 
 IR_FILE = "model.xml"
@@ -29,9 +28,8 @@ def export_openvino(artifact_dir: str | Path, precision: str = "fp32") -> Path:
     model = ov.convert_model(str(artifact.path("model.onnx")))
     xml = root / IR_FILE
     ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
-    meta = json.loads((root / METADATA).read_text())
-    for path in (xml, xml.with_suffix(".bin")):
-        meta["files"][path.name] = sha256_file(path)
-    meta["model"]["openvino"] = {"file": IR_FILE, "precision": precision}
-    write_metadata(root, meta)
+    with Artifact.edit(root) as edit:
+        for path in (xml, xml.with_suffix(".bin")):
+            edit.add_file(path.name)
+        edit.meta["model"]["openvino"] = {"file": IR_FILE, "precision": precision}
     return xml

@@ -16,13 +16,12 @@ Unknown ``exclude`` names are refused; a failure leaves the artifact folder as i
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..artifact import Artifact
 from ..errors import InputError
 from ..runtime.preprocess import preprocess, read_image
 
@@ -136,30 +135,31 @@ def add_variant(artifact_dir: str | Path, precision: str, calibration: Sequence[
     if precision not in VARIANTS:
         raise InputError(f"precision '{precision}': expected one of {', '.join(VARIANTS)}")
     root = Path(artifact_dir)
-    artifact = Artifact.load(root)
-    src, dst = artifact.path("model.onnx"), root / f"model.{precision}.onnx"
-    before = (root / METADATA).read_bytes()
-    # Written under a temporary name and renamed only once complete: a failure leaves an existing
-    # variant (a hashed file) and metadata.json as they were.
-    tmp = root / f".{dst.name}.tmp"
-    try:
+    # Written under a temporary name and renamed only once complete, inside an edit that refuses a
+    # metadata.json changed meanwhile: a failure leaves an existing variant and metadata.json as they were.
+    with Artifact.edit(root) as edit:
+        artifact = edit.artifact
+        src, dst = artifact.path("model.onnx"), root / f"model.{precision}.onnx"
+        tmp = root / f".{dst.name}.tmp"
+        try:
+            if precision == "int8":
+                to_int8(src, tmp, artifact, calibration, method, exclude)
+            else:
+                to_fp16(src, tmp, exclude)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        edit.add_file(dst.name)
+        edit.meta["model"].setdefault("variants", {})[precision] = dst.name
+        params = {"exclude": list(exclude)}
         if precision == "int8":
-            to_int8(src, tmp, artifact, calibration, method, exclude)
-        else:
-            to_fp16(src, tmp, exclude)
-        if (root / METADATA).read_bytes() != before:
-            raise InputError(f"{root / METADATA} changed while quantising; run ad-quantize again")
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-    meta = json.loads(before)
-    meta["files"][dst.name] = sha256_file(dst)
-    meta["model"].setdefault("variants", {})[precision] = dst.name
-    params = {"exclude": list(exclude)}
-    if precision == "int8":
-        params.update(method=method, calibration_images=len(calibration))
-    meta["model"].setdefault("variant_params", {})[precision] = params
-    write_metadata(root, meta)
+            params.update(method=method, calibration_images=len(calibration))
+        edit.meta["model"].setdefault("variant_params", {})[precision] = params
+        from ..artifact import Metadata
+        from ..runtime.verify import measure_tolerance
+
+        # ad-verify's tolerance for this variant: measured now on the golden frames (None without them).
+        params["verify_tolerance"] = measure_tolerance(Artifact(root, Metadata.from_dict(edit.meta)), precision)
     return dst
 
 

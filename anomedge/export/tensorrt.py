@@ -16,13 +16,12 @@ another TensorRT, or for another GPU, and says how to rebuild. Run as
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..artifact import Artifact
 from ..errors import ArtifactError, BackendUnavailable, InputError
 from ..runtime.backends.tensorrt import ENGINE_FILE, check_engine, current_gpu, rebuild_command  # noqa: F401
 
@@ -110,10 +109,9 @@ def build_engine(artifact_dir: str | Path, precision: str = "fp32", profile: Eng
               "precision": precision, "strongly_typed": True,
               "batch": [profile.min_batch, profile.opt_batch, profile.max_batch], "workspace_mib": profile.workspace_mib,
               "trtexec": trtexec_command(source, ENGINE_FILE, spec.name, spec.height, spec.width, profile, TIMING_CACHE)}
-    meta = json.loads((root / METADATA).read_text())
-    meta["files"][ENGINE_FILE] = sha256_file(root / ENGINE_FILE)
-    meta["model"]["engine"] = record
-    write_metadata(root, meta)
+    with Artifact.edit(root) as edit:
+        edit.add_file(ENGINE_FILE)
+        edit.meta["model"]["engine"] = record
     return root / ENGINE_FILE
 
 

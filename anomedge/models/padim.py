@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from ..artifact import InputSpec
 from ..errors import InputError
-from ..runtime.scoring import inverse_cov_factor
+from ..scoring.kernels import inverse_cov_factor
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..benchmark import fastest_knn_kernel
 from ..errors import InputError
-from ..runtime.scoring import inverse_cov_factor
+from ..scoring.kernels import inverse_cov_factor
 from .coreset import greedy_coreset
 from .detector import Detector
 from .features import extract

@@ -1,6 +1,9 @@
 """The inspector: frames → scores, anomaly maps and OK/NG decisions, with per-stage timings.
 
-``Inspector(artifact, backend="onnxruntime")`` builds the backend's stages once; ``inspect(frames)``
+``Inspector(artifact, backend="onnxruntime")`` composes the pipeline once: OpenCV preprocess → the
+backend (runs a graph: ``model.onnx`` / a precision variant for placement host, ``model.graph.onnx``
+for placement graph) → the scoring head (host kernel, or pass-through when the graph scored) →
+postprocess (maps, image score). The PyTorch reference brings its own torch stages. ``inspect(frames)``
 returns an ``Inspection`` for the batch; ``decide(score)`` applies the threshold from metadata
 (or the ``threshold=`` override). Thresholds never live in the graph.
 """
@@ -14,11 +17,15 @@ from typing import Any
 import numpy as np
 
 from ..artifact import Artifact
-from ..errors import ArtifactError
-from .heads import graph_view
+from ..errors import ArtifactError, InputError
+from ..scoring.heads import PassThroughHead, make_head
+from ..scoring.postprocess import anomaly_maps, image_scores
+from .backends.base import Backend, Stages
+from .preprocess import preprocess
 from .registry import get_backend
 
 STAGE_NAMES = ("preprocess", "infer", "score", "postprocess")
+PLACEMENTS = ("host", "graph")
 
 
 @dataclass
@@ -35,22 +42,68 @@ def _as_numpy(value: Any) -> np.ndarray:
     return value if isinstance(value, np.ndarray) else value.detach().cpu().numpy()
 
 
+def graph_file(artifact: Artifact, placement: str) -> str | None:
+    """The graph a backend runs for ``placement``: None (host: the backend's own model / variant) or
+    the recorded ``scoring.graph_model`` (graph: backbone + scoring head in one file)."""
+    if placement not in PLACEMENTS:
+        raise InputError(f"placement '{placement}': expected one of {', '.join(PLACEMENTS)}")
+    if placement == "host":
+        return None
+    if "graph_model" not in artifact.metadata.scoring:
+        raise ArtifactError(f"{artifact.root}: no graph placement; add it with ad-export … --placement graph "
+                            "(or anomedge.export.writer.add_graph_placement)")
+    return artifact.metadata.scoring["graph_model"]
+
+
+def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel: str | None = None) -> Stages:
+    """preprocess (OpenCV) → ``backend.infer`` → head → postprocess (OpenCV + numpy) for ``artifact``.
+
+    Head: pass-through for placement graph, else the scoring kind's host head; for kNN the kernel is
+    ``knn_kernel`` if given, else the winner of the race on this machine (``runtime.kernel_race``)."""
+    meta = artifact.metadata
+    if placement == "graph":
+        head = PassThroughHead()
+    else:
+        if knn_kernel is None and meta.scoring.get("kind") == "knn":
+            from .kernel_race import choose_kernel
+
+            knn_kernel = choose_kernel(artifact).kernel
+        head = make_head(artifact, knn_kernel)
+    post = meta.postprocess
+    size = (meta.input.height, meta.input.width)
+
+    def postprocess(patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
+
+    return Stages(lambda frames: preprocess(frames, meta.input), backend.infer, head, postprocess)
+
+
 class Inspector:
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", device: str = "auto",
-                 threshold: float | None = None, placement: str | None = None, **options: Any):
+                 threshold: float | None = None, placement: str | None = None, knn_kernel: str | None = None,
+                 **options: Any):
         """``placement``: "host" (graph features + host kernel) or "graph" (scoring inside
-        ``model.graph.onnx``); default: the artifact's ``scoring.placement``."""
+        ``model.graph.onnx``); default: the artifact's ``scoring.placement``. ``knn_kernel``: override
+        the host kNN kernel (default: raced on this machine, cached beside the artifact).
+        ``options`` go to the backend."""
         placement = placement or artifact.metadata.scoring.get("placement", "host")
-        if placement not in ("host", "graph"):
-            raise ArtifactError(f"placement '{placement}': expected host or graph")
-        if placement == "graph" and artifact.metadata.scoring.get("kind") != "graph":
-            artifact = graph_view(artifact)
-            options.setdefault("model_file", artifact.metadata.scoring["graph_model"])
+        graph = graph_file(artifact, placement)
+        if graph is not None:
+            options.setdefault("model_file", graph)
         self.artifact = artifact
         self.placement = placement
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
-        self.stages = self.backend.stages()
+        try:
+            own = self.backend.stages()
+            if own is not None and placement == "graph":
+                raise InputError(f"backend '{backend}' scores on the host with its own stages; placement graph needs "
+                                 "a graph backend (onnxruntime, openvino, tensorrt)")
+            self.stages = own or host_stages(artifact, self.backend, placement, knn_kernel)
+        except BaseException:
+            self.backend.close()
+            raise
+        self.knn_kernel = getattr(self.stages.score, "kernel", None)
         self._threshold = threshold
 
     def close(self) -> None:

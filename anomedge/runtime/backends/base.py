@@ -1,8 +1,9 @@
 """The backend interface: run the artifact's graph on a batch; checks here, work in ``_infer``.
 
-A backend turns a preprocessed batch (N,3,H,W) float32 into the graph's named outputs. ``stages()``
-assembles the four stages the pipeline times (preprocess, infer, score, postprocess); host backends
-keep the default (OpenCV + numpy fused kernels), the PyTorch reference overrides it with torch.
+A backend turns a preprocessed batch (N,3,H,W) float32 into the graph's named outputs: it runs
+graphs, nothing else. ``runtime.pipeline`` composes preprocess → backend → head → postprocess around
+it; only a backend that is a whole reference pipeline of its own (the PyTorch reference) returns its
+four stages from ``stages()``.
 """
 
 from __future__ import annotations
@@ -77,18 +78,7 @@ class Backend(ABC):
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run the graph; ``batch`` is already checked."""
 
-    def stages(self) -> Stages:
-        """Host stages: OpenCV preprocessing, this backend's graph, the fused scoring head, OpenCV postprocess."""
-        from ..heads import make_head
-        from ..postprocess import anomaly_maps, image_scores
-        from ..preprocess import preprocess
-
-        meta = self.artifact.metadata
-        head = make_head(self.artifact, self.options.get("knn_kernel"))
-        post = meta.postprocess
-        size = (meta.input.height, meta.input.width)
-
-        def postprocess(patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
-
-        return Stages(lambda frames: preprocess(frames, meta.input), self.infer, head, postprocess)
+    def stages(self) -> Stages | None:
+        """None: the pipeline composes the host stages around ``infer``. A backend that runs every
+        stage itself (the PyTorch reference, for parity) returns them."""
+        return None

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...errors import BackendUnavailable, InputError
+from ...errors import ArtifactError, BackendUnavailable, InputError
 from .base import Backend
 
 # device → the provider list handed to onnxruntime (first is the one asked for).
@@ -129,8 +129,12 @@ class OnnxRuntimeBackend(Backend):
         defaults = provider_options_for(device, self.precision, self.engine_cache, self.device_id)
         provider_options = [{**defaults.get(p, {}), **{k: str(v) for k, v in self.provider_options.get(p, {}).items()}}
                             for p in wanted]
-        self.session = ort.InferenceSession(str(self.artifact.path(self.model_file)), options,
-                                            providers=wanted, provider_options=provider_options)
+        path = self.artifact.path(self.model_file)
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=wanted, provider_options=provider_options)
+        except Exception as exc:  # onnxruntime's InvalidGraph / InvalidProtobuf / Fail derive from Exception only
+            raise ArtifactError(f"{path}: onnxruntime cannot load this graph ({str(exc).splitlines()[0][:200]}); "
+                                "copy the artifact again or re-export") from None
         self.providers = self.session.get_providers()
         if wanted[0] not in self.providers and not self.allow_fallback:
             raise BackendUnavailable(

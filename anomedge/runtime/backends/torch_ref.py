@@ -113,7 +113,7 @@ def _gaussian_blur(maps, sigma: float):
     import torch
     import torch.nn.functional as F
 
-    from ..postprocess import kernel_size
+    from ...scoring.postprocess import kernel_size
 
     size = kernel_size(sigma)
     x = torch.arange(size, dtype=torch.float64) - size // 2

@@ -1,42 +1,41 @@
-"""Placement ``graph``: the kNN / Mahalanobis scoring as a small ONNX head, optionally merged with the backbone.
+"""The ONE chunked ONNX builder of the kNN / Mahalanobis scoring (workstation side: imports onnx).
 
-The head takes ``features`` (N,D,h,w) float32 and outputs ``patch_scores`` (N,h,w) float32 (the same
-numbers as the host heads in ``runtime.heads``) and, with ``with_map``, ``anomaly_map`` (N,H,W):
-bilinear upsample (half-pixel centres, as cv2/torch) and a separable Gaussian blur with reflect-101
-borders, as ``runtime.postprocess.anomaly_maps``.
+Used at export only; the edge runs the files it writes with onnxruntime / TensorRT / OpenVINO.
 
-- kNN: the bank is stored as chunks ``−2·mᵀ`` (D,c) plus ``‖m‖²`` (1,c) initializers; each chunk
-  gives ``‖m‖² − 2q·m`` (P,c), never (P,M). The chunk width c is chosen so that no tensor holds
-  more than ``max_elements`` (< 2³¹) at the largest batch ``max_batch``. k=1: ReduceMin + ArgMin per
-  chunk, the winner across chunks, then the exact ``‖q − m‖`` of the winning row (Gather), as the
-  host kernel's refinement (no cancellation on near-duplicates). k>1: TopK per chunk and across
-  chunks, + ‖q‖², clamp, sqrt, mean.
-- Mahalanobis: ``‖Lᵀ(x − μ)‖`` per position as one batched MatMul over positions (P,N,C)@(P,C,C),
-  split over positions so that no factor chunk exceeds ``max_elements``.
+- ``build_knn_search(bank, k)``: the host ``onnxruntime`` kNN kernel's graph (``knn.onnx``):
+  ``queries`` (P,D) → ``idx`` (P,k) int64, the bank rows with the k smallest ‖m‖² − 2q·m; the host
+  (``kernels.OnnxKnnIndex``) refines the winners' distances exactly.
+- ``build_scoring_head(kind, …)``: placement ``graph``, ``features`` (N,D,h,w) → ``patch_scores``
+  (N,h,w) (the same numbers as the host heads) and, with ``image_size``, ``anomaly_map`` (N,H,W):
+  bilinear upsample (half-pixel centres, as cv2/torch) and a separable Gaussian blur with reflect-101
+  borders, as ``scoring.postprocess.anomaly_maps``.
 
-``build_head(artifact)`` builds from the artifact's arrays and metadata; ``merge_with_backbone``
-joins it to ``model.onnx`` with onnx.compose (one graph, no host round-trip);
-``add_graph_placement(dir)`` writes ``model.graph.onnx`` into the artifact and records it;
-``graph_view(artifact)`` is the artifact seen with scoring kind ``graph`` (the pass-through head).
+Both share ``_knn_search``: the bank is stored as chunks ``−2·mᵀ`` (D,c) plus ``‖m‖²`` (1,c)
+initializers; each chunk gives ``‖m‖² − 2q·m`` (P,c), never (P,M), reduced per chunk (ReduceMin +
+ArgMin for k=1, TopK otherwise) and again across chunks. The head then recomputes the winners'
+distances exactly as ‖q − m‖ (Gather), as the host kernels do. The chunk width c keeps every tensor
+under ``max_elements`` (< 2³¹) at the largest batch ``max_batch``.
+Mahalanobis: ``‖Lᵀ(x − μ)‖`` per position as one batched MatMul over positions (P,N,C)@(P,C,C),
+split over positions so that no factor chunk exceeds ``max_elements``.
+
+``build_head(artifact)`` builds from an artifact's arrays and metadata; ``merge_with_backbone``
+joins it to ``model.onnx`` with onnx.compose (one graph, no host round-trip). Writing these files
+into an artifact is ``export.writer``'s job.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from pathlib import Path
-
 import numpy as np
+from onnx import TensorProto, compose, helper, numpy_helper
 
-from ..artifact import METADATA, Artifact, sha256_file, write_metadata
+from ..artifact import Artifact
 from ..errors import ArtifactError, InputError
-from ..runtime.heads import graph_view  # noqa: F401  (re-exported: the runtime owns it)
+from .postprocess import gaussian_taps
 
 OPSET = 18
-IR_VERSION = 9
+IR_VERSION = 9  # what onnxruntime ≥ 1.17 reads
 MAX_ELEMENTS = 2**31 - 1
 DEFAULT_CHUNK = 4096
-GRAPH_FILE = "model.graph.onnx"
 PREFIX = "anomedge_head/"  # every head tensor/node name, so merging with any backbone cannot collide
 
 
@@ -50,32 +49,21 @@ def chunk_width(bank_rows: int, patches_per_image: int, max_batch: int, max_elem
     return int(max(1, min(bank_rows, preferred, limit)))
 
 
-def gaussian_taps(sigma: float) -> np.ndarray:
-    """The blur taps of ``runtime.postprocess`` (odd support ±4σ), float32, summing to 1."""
-    from ..runtime.postprocess import kernel_size
-
-    size = kernel_size(sigma)
-    x = np.arange(size, dtype=np.float64) - size // 2
-    g = np.exp(-(x**2) / (2 * sigma**2))
-    return (g / g.sum()).astype(np.float32)
-
-
 class _Graph:
     """A tiny builder: named nodes and initializers under ``PREFIX``."""
 
     def __init__(self):
-        self.nodes, self.inits, self.count = [], [], 0
+        self.nodes, self.inits, self.names, self.count = [], [], set(), 0
 
     def const(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
-
+        """An initializer named ``PREFIX + name``; a name already defined is reused (same value by construction)."""
         full = PREFIX + name
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), full))
+        if full not in self.names:
+            self.names.add(full)
+            self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), full))
         return full
 
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> list[str]:
-        from onnx import helper
-
         self.count += 1
         names = outputs if isinstance(outputs, list) else [f"{PREFIX}{op_type}_{self.count}_{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op_type, inputs, names, name=f"{PREFIX}{op_type}_{self.count}", **attrs))
@@ -85,10 +73,9 @@ class _Graph:
         return self.op(op_type, inputs, 1, **attrs)[0]
 
 
-def _knn(g: _Graph, q: str, bank: np.ndarray, k: int, chunk: int, refine: bool) -> str:
-    """(P,D) queries → (P,) distances (k=1) or mean of the k nearest."""
+def _knn_search(g: _Graph, q: str, bank: np.ndarray, k: int, chunk: int) -> tuple[str, str]:
+    """(P,D) queries → ((P,k) smallest ‖m‖² − 2q·m, (P,k) int64 bank rows), chunk by chunk: never (P,M)."""
     m, d = bank.shape
-    bank = bank.astype(np.float32)
     axis1 = g.const("axis1", np.array([1], np.int64))
     values, winners = [], []
     for i, start in enumerate(range(0, m, chunk)):
@@ -98,27 +85,36 @@ def _knn(g: _Graph, q: str, bank: np.ndarray, k: int, chunk: int, refine: bool) 
         s = g.one("Add", [g.one("MatMul", [q, w]), n])  # (P,c) = ‖m‖² − 2q·m
         if k == 1:
             values.append(g.one("ReduceMin", [s, axis1], keepdims=1))
-            if refine:
-                local = g.one("ArgMin", [s], axis=1, keepdims=1)
-                winners.append(g.one("Add", [local, g.const(f"offset{i}", np.array([start], np.int64))]))
+            local = g.one("ArgMin", [s], axis=1, keepdims=1)
         else:
             kk = min(k, len(block))
-            values.append(g.op("TopK", [s, g.const(f"k{i}", np.array([kk], np.int64))], 2, axis=1, largest=0)[0])
-    cat = values[0] if len(values) == 1 else g.one("Concat", values, axis=1)
-    if k == 1 and refine:
-        rows = winners[0] if len(winners) == 1 else g.one(
-            "GatherElements", [g.one("Concat", winners, axis=1), g.one("ArgMin", [cat], axis=1, keepdims=1)], axis=1)
-        index = g.one("Reshape", [rows, g.const("flat", np.array([-1], np.int64))])  # (P,)
-        nearest = g.one("Gather", [g.const("bank", bank), index], axis=0)  # (P,D)
-        d2 = g.one("ReduceSumSquare", [g.one("Sub", [nearest, q]), axis1], keepdims=0)
-        return g.one("Sqrt", [d2])
-    qq = g.one("ReduceSumSquare", [q, axis1], keepdims=1)  # (P,1)
+            value, local = g.op("TopK", [s, g.const(f"k{i}", np.array([kk], np.int64))], 2, axis=1, largest=0)
+            values.append(value)
+        winners.append(local if start == 0 else g.one("Add", [local, g.const(f"offset{i}", np.array([start], np.int64))]))
+    if len(values) == 1:
+        return values[0], winners[0]
+    cat, cands = g.one("Concat", values, axis=1), g.one("Concat", winners, axis=1)
     if k == 1:
-        best = g.one("ReduceMin", [cat, axis1], keepdims=1)
+        pos = g.one("ArgMin", [cat], axis=1, keepdims=1)
     else:
-        best = cat if len(values) == 1 else g.op("TopK", [cat, g.const("k", np.array([k], np.int64))], 2,
-                                                  axis=1, largest=0)[0]
-    dist = g.one("Sqrt", [g.one("Max", [g.one("Add", [best, qq]), g.const("zero", np.array(0.0, np.float32))])])  # (P,k)
+        pos = g.op("TopK", [cat, g.const("k", np.array([k], np.int64))], 2, axis=1, largest=0)[1]
+    return g.one("GatherElements", [cat, pos], axis=1), g.one("GatherElements", [cands, pos], axis=1)
+
+
+def _knn(g: _Graph, q: str, bank: np.ndarray, k: int, chunk: int, refine: bool) -> str:
+    """(P,D) queries → (P,) mean distance to the k nearest bank rows. ``refine``: the winners'
+    distances recomputed exactly as ‖q − m‖ (as the host kernels do: no cancellation on near-duplicates)."""
+    bank = bank.astype(np.float32)
+    best, rows = _knn_search(g, q, bank, k, chunk)
+    axis1 = g.const("axis1", np.array([1], np.int64))
+    if refine:
+        nearest = g.one("Gather", [g.const("bank", bank), rows], axis=0)  # (P,k,D)
+        delta = g.one("Sub", [nearest, g.one("Unsqueeze", [q, axis1])])
+        d2 = g.one("ReduceSumSquare", [delta, g.const("axis2", np.array([2], np.int64))], keepdims=0)  # (P,k)
+        dist = g.one("Sqrt", [d2])
+    else:
+        qq = g.one("ReduceSumSquare", [q, axis1], keepdims=1)  # (P,1)
+        dist = g.one("Sqrt", [g.one("Max", [g.one("Add", [best, qq]), g.const("zero", np.array(0.0, np.float32))])])
     return g.one("ReduceMean", [dist, axis1], keepdims=0)
 
 
@@ -165,8 +161,6 @@ def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: d
 
     kind 'knn' needs arrays['bank.npy'] (M,D); 'mahalanobis' needs 'mean.npy' (h·w,C), 'factor.npy' (h·w,C,C).
     """
-    from onnx import TensorProto, helper
-
     d, h, w = feature_shape
     g = _Graph()
     if kind == "knn":
@@ -191,9 +185,28 @@ def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: d
     graph = helper.make_graph(g.nodes, "anomedge_scoring_head",
                               [helper.make_tensor_value_info(features_name, TensorProto.FLOAT, ["N", d, h, w])],
                               outputs, initializer=g.inits)
+    return _model(graph)
+
+
+def _model(graph):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
     return model
+
+
+def build_knn_search(bank: np.ndarray, k: int, chunk_rows: int = DEFAULT_CHUNK):
+    """``knn.onnx``: ``queries`` (P,D) float32 → ``idx`` (P,k) int64, the k nearest bank rows by
+    ‖m‖² − 2q·m (ascending for k > 1); bank (M,D) float32|float16 with M ≥ k."""
+    if bank.ndim != 2 or len(bank) < k or k < 1:
+        raise ArtifactError(f"bank {bank.shape}: expected (M,D) with M ≥ k={k}")
+    d = bank.shape[1]
+    g = _Graph()
+    _, rows = _knn_search(g, "queries", bank.astype(np.float32), k, chunk_rows)
+    g.op("Identity", [rows], ["idx"])
+    graph = helper.make_graph(g.nodes, "anomedge_knn_search",
+                              [helper.make_tensor_value_info("queries", TensorProto.FLOAT, ["P", d])],
+                              [helper.make_tensor_value_info("idx", TensorProto.INT64, ["P", k])], initializer=g.inits)
+    return _model(graph)
 
 
 def build_head(artifact: Artifact, with_map: bool = True, **options):
@@ -212,8 +225,6 @@ def build_head(artifact: Artifact, with_map: bool = True, **options):
 
 def merge_with_backbone(backbone, head):
     """One graph: backbone's ``features`` feeds the head; outputs are the head's."""
-    from onnx import compose, helper
-
     head.ir_version = backbone.ir_version
     opset = {o.domain: o.version for o in backbone.opset_import}
     if opset.get("", OPSET) != OPSET:
@@ -221,22 +232,3 @@ def merge_with_backbone(backbone, head):
         head.opset_import.extend([helper.make_opsetid("", opset[""])])
     return compose.merge_models(backbone, head, io_map=[("features", "features")],
                                 outputs=[o.name for o in head.graph.output])
-
-
-def add_graph_placement(artifact_dir: str | Path, merged: bool = True, with_map: bool = False, **options) -> Path:
-    """Write ``model.graph.onnx`` (backbone + head, or the head alone with ``merged=False``) into the
-    artifact, hash it and record ``scoring.graph_model``. Placement stays as recorded (see ``ad-bench``)."""
-    import onnx
-
-    root = Path(artifact_dir)
-    artifact = Artifact.load(root)
-    head = build_head(artifact, with_map=with_map, **options)
-    model = merge_with_backbone(onnx.load(str(artifact.path("model.onnx"))), head) if merged else head
-    onnx.checker.check_model(model)
-    dst = root / (GRAPH_FILE if merged else "head.onnx")
-    onnx.save(model, str(dst))
-    meta = json.loads((root / METADATA).read_text())
-    meta["files"][dst.name] = sha256_file(dst)
-    meta["scoring"]["graph_model" if merged else "graph_head"] = dst.name
-    write_metadata(root, meta)
-    return dst

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from anomedge.runtime.postprocess import anomaly_maps, image_scores
+from anomedge.scoring.postprocess import anomaly_maps, image_scores
 
 torch = pytest.importorskip("torch")
 from anomedge.runtime.backends.torch_ref import _gaussian_blur, _reduce  # noqa: E402

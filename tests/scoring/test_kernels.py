@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from anomedge.errors import InputError
-from anomedge.runtime.scoring import KnnIndex, MahalanobisIndex, inverse_cov_factor, knn_distances
+from anomedge.scoring.kernels import KnnIndex, MahalanobisIndex, inverse_cov_factor, knn_distances
 
 RTOL = 1e-4  # relative; the absolute tolerance is 1e-4 × the median oracle distance (the distance scale)
 
