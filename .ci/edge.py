@@ -50,7 +50,7 @@ class Kind:
     name: str
     artifact: str
     export: tuple[str, ...]
-    run: tuple[str, ...] = ()
+    run: tuple[str, ...] = ()  # options of both ad-run and ad-verify
 
 
 CNN = ("--image-size", "64")
@@ -323,7 +323,7 @@ def run_cell(env: Env, kind: Kind, artifact: Path, images: Path, out: Path, refe
         check_records(records(jsonl), count, reference)
     verify = None
     if (env.bin / "ad-verify").exists():
-        check = sh([str(env.bin / "ad-verify"), str(artifact)], timeout=300, user=env.user, env=environ)
+        check = sh([str(env.bin / "ad-verify"), str(artifact), *kind.run], timeout=300, user=env.user, env=environ)
         verify = check.returncode == 0
         if not verify:
             why += ("; " if why else "") + f"ad-verify exit {check.returncode}: {last_line(check)}"
