@@ -309,11 +309,11 @@ def test_concurrent_edits_one_wins_the_other_is_refused(graph_artifact):
 def test_schema_sets_match_what_the_runtime_implements():
     """The schema's known sets are the runtime's tables: a new reduction or head must be added to both."""
     from anomedge.artifact import schema
-    from anomedge.runtime import postprocess
-    from anomedge.runtime.heads import HEADS
+    from anomedge.scoring import postprocess
+    from anomedge.scoring.heads import HEADS
     from anomedge.runtime.preprocess import _INTERPOLATION
 
     assert set(schema.REDUCTIONS) == set(postprocess.REDUCTIONS)
-    assert set(schema.KINDS) == set(HEADS) - {"graph"}  # "graph" exists only as an in-memory view
+    assert set(schema.KINDS) == set(HEADS)
     assert set(schema.INTERPOLATIONS) == set(_INTERPOLATION)
     assert len(CASES) >= 25

@@ -144,3 +144,24 @@ def test_labels_must_match_images(art, labelled):
     with pytest.raises(InputError, match="3 labels for 12 images"):
         calibrate(art, [], "f1", (paths, np.zeros(3, np.int8), None))
     assert (art / "metadata.json").read_bytes() == before
+
+
+def test_unusable_good_images_are_skipped_by_name_and_too_many_stop_with_one_line(art, labelled, env, tmp_path):
+    from test_imageio import png_bomb
+
+    good = tmp_path / "good"
+    shutil.copytree(labelled / "test" / "good", good)
+    (good / "zz_bomb.png").write_bytes(png_bomb(3000, 2000))
+    (good / "zz_cut.png").write_bytes((labelled / "train" / "good").glob("*.png").__next__().read_bytes()[:400])
+    result = cli("calibrate", art, "--good", good, "--max-pixels", "5000000", env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = [l for l in result.stderr.splitlines() if l.startswith("warning: skipped")]
+    assert len(warnings) == 2 and "zz_bomb.png: 3000×2000" in warnings[0] and "zz_cut.png: not a readable image" in warnings[1]
+    assert meta(art)["thresholds"]["n_good"] == 12 and np.isfinite(meta(art)["thresholds"]["image"])
+    before = (art / "metadata.json").read_bytes()
+    for i in range(13):  # now most images are unusable (the bomb is within the default budget)
+        (good / f"zz_text_{i:02d}.png").write_text("not an image")
+    result = cli("calibrate", art, "--good", good, env=env)
+    errors = [l for l in result.stderr.splitlines() if l.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1 and "14 of 27 images could not be used" in errors[0]
+    assert "Traceback" not in result.stderr and (art / "metadata.json").read_bytes() == before

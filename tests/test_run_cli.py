@@ -263,3 +263,25 @@ def test_mqtt_publishes_every_record_to_a_local_broker(tiny_artifact, cell_video
         broker.terminate()
         broker.wait(10)
     assert sorted(r["index"] for r in got) == list(range(10))
+
+
+@pytest.mark.timeout(120)
+def test_a_corrupt_frame_is_an_error_record_and_the_video_goes_on(tiny_artifact, cell_video, tmp_path):
+    data = bytearray(cell_video.read_bytes())
+    starts = [i for i in range(len(data) - 1) if data[i] == 0xFF and data[i + 1] == 0xD8]
+    data[starts[4]:starts[4] + 300] = bytes(300)  # frame 4's JPEG bytes zeroed; the AVI index intact
+    video = tmp_path / "corrupt.avi"
+    video.write_bytes(bytes(data))
+    out = tmp_path / "d.jsonl"
+    result = ad_run(tiny_artifact.root, "--source", video, "--jsonl", out, "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = records(out)
+    assert [r["index"] for r in rows] == list(range(10))
+    assert [r["label"] == "ERROR" for r in rows] == [i == 4 for i in range(10)] and "does not decode" in rows[4]["error"]
+    # the other frames score as in the clean video
+    clean_out = tmp_path / "clean.jsonl"
+    assert ad_run(tiny_artifact.root, "--source", cell_video, "--jsonl", clean_out, "--quiet").returncode == 0
+    clean = records(clean_out)
+    np.testing.assert_allclose([r["score"] for r in rows if r["label"] != "ERROR"],
+                               [r["score"] for i, r in enumerate(clean) if i != 4], rtol=1e-5)
+    assert "10 frames" in result.stdout and "1 errors" in result.stdout

@@ -15,9 +15,8 @@ import numpy as np
 import pytest
 
 from anomedge.errors import InputError
-from anomedge.runtime.evidence import EvidenceWriter, draw, heat_range, regions
-from anomedge.runtime.runner import normalizer
-from anomedge.runtime.sinks import CsvSink, JsonlSink
+from anomedge.runtime.evidence import EvidenceWriter, draw, regions
+from anomedge.runtime.sinks import CSV_COLUMNS, CsvSink, JsonlSink
 
 
 def rec(i, label="OK", **extra):
@@ -136,15 +135,116 @@ def test_draw_accepts_gray_and_16bit_frames():
     assert out.shape == (50, 40, 3) and out.dtype == np.uint8
 
 
-def test_normalizer_piecewise_linear_threshold_to_half():
-    apply = normalizer({"normalization": {"min": 10.0, "threshold": 20.0, "max": 40.0}}, 20.0)
-    np.testing.assert_allclose([apply(s) for s in (0, 10, 15, 20, 30, 40, 99)], [0, 0, 0.25, 0.5, 0.75, 1, 1], atol=1e-12)
-    moved = normalizer({"normalization": {"min": 10.0, "threshold": 20.0, "max": 40.0}}, 30.0)
-    assert moved(30.0) == 0.5  # --threshold override: the threshold in use maps to 0.5
-    assert normalizer({}, 20.0) is None and normalizer({"normalization": {"min": 1}}, 2.0) is None
 
 
-def test_heat_range_prefers_normalization():
-    assert heat_range({"normalization": {"min": 1.0, "threshold": 2.0, "max": 5.0}}, 2.0) == (1.0, 5.0)
-    low, high = heat_range({"good_scores": {"min": 30.0}}, 40.0)
-    assert (low, high) == (30.0, 50.0)
+# --- trust: a record is written whole or not at all; a full disk is an OSError, never a torn line ------------
+FILL = r"""
+import errno, json, os, resource, signal, sys
+from anomedge.runtime.sinks import CSV_COLUMNS, CsvSink, JsonlSink
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit write() returns short / EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[3]), int(sys.argv[3])))
+sink = (JsonlSink if sys.argv[1] == "jsonl" else CsvSink)(sys.argv[2])
+written = 0
+try:
+    for i in range(1000):
+        sink.write({"source": "cam", "index": i, "timestamp": 1.0 + i, "label": "OK", "score": 0.123456789 * i,
+                    "threshold": 2.0, "ms": {"total": 1.0, "infer": 0.5}})
+        written += 1
+except OSError as exc:
+    print(written, exc.errno in (errno.EFBIG, errno.ENOSPC))
+sink.close()
+"""
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_a_write_that_hits_the_file_size_limit_leaves_only_whole_records(tmp_path, kind):
+    path = tmp_path / f"d.{kind}"
+    out = subprocess.run([sys.executable, "-c", FILL, kind, str(path), "1000"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    written, typed = out.stdout.split()
+    assert typed == "True" and 0 < int(written) < 1000
+    text = path.read_text()
+    assert text.endswith("\n") and len(text) <= 1000
+    if kind == "jsonl":
+        rows = [json.loads(line) for line in text.splitlines()]
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+    assert [int(r["index"]) for r in rows] == list(range(int(written)))
+
+
+def test_dev_full_raises_enospc_and_closes_quietly():
+    sink = JsonlSink("/dev/full")
+    with pytest.raises(OSError) as info:
+        sink.write(rec(0))
+    assert info.value.errno == 28
+    sink.close()
+    sink.close()  # twice: nothing buffered, nothing raised
+
+
+def test_a_full_tmpfs_leaves_no_torn_line(tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root and mount rights)")
+    try:
+        sink = JsonlSink(mount / "d.jsonl")
+        written = 0
+        with pytest.raises(OSError) as info:
+            for i in range(10_000):
+                sink.write(rec(i, error="x" * 300))
+                written += 1
+        sink.close()
+        assert info.value.errno == 28
+        lines = (mount / "d.jsonl").read_text().splitlines(keepends=True)
+        assert len(lines) == written and all(l.endswith("\n") for l in lines)
+        assert [json.loads(l)["index"] for l in lines] == list(range(written))
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_csv_has_iso_8601_time_and_non_finite_numbers_are_null(tmp_path):
+    from datetime import datetime
+
+    path = tmp_path / "d.csv"
+    with CsvSink(path) as sink:
+        sink.write(rec(0, timestamp=1767225600.25))
+    row = next(csv.DictReader(path.open()))
+    assert row["time"] == "2026-01-01T00:00:00.250+00:00"
+    assert datetime.fromisoformat(row["time"]).timestamp() == float(row["timestamp"])
+    with JsonlSink(tmp_path / "d.jsonl") as sink:
+        sink.write(rec(1, score=float("nan"), ms={"total": float("inf")}))
+    assert json.loads((tmp_path / "d.jsonl").read_text()) == {**rec(1), "score": None, "ms": {"total": None}}
+
+
+def test_human_line_is_one_readable_line():
+    from anomedge.runtime.sinks import human_line
+
+    ng = rec(12, "NG", source="/line/cell_0012.png", score=1.8412, threshold=1.2, ms={"total": 18.26}, boxes=[[1, 2, 3, 4]])
+    assert human_line(ng) == "frame 12  cell_0012.png  NG  score 1.841 (thr 1.2)  18.3 ms  1 box"
+    err = {"source": "/hot/bad\nname.png", "index": 3, "label": "ERROR", "error": "x: cannot read (permission denied)"}
+    assert human_line(err) == "frame 3  bad\\nname.png  ERROR  x: cannot read (permission denied)"
+
+
+def test_console_sink_prints_json_only_when_asked():
+    import io
+
+    from anomedge.runtime.sinks import ConsoleSink
+
+    readable, as_json = io.StringIO(), io.StringIO()
+    ConsoleSink(readable)(rec(1))
+    ConsoleSink(as_json, as_json=True)(rec(1))
+    assert readable.getvalue() == "frame 1  cam  OK  score 0.5 (thr 2)  1.0 ms\n"
+    assert json.loads(as_json.getvalue()) == rec(1)
+
+
+def test_a_csv_with_other_columns_is_rotated_aside_not_mixed(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("source,index,timestamp,label\ncam,0,1.0,OK\n")  # an older version's columns
+    with CsvSink(path) as sink:
+        sink.write(rec(1))
+    assert (tmp_path / "d.0001.csv").read_text() == "source,index,timestamp,label\ncam,0,1.0,OK\n"
+    rows = list(csv.DictReader(path.open()))
+    assert list(rows[0]) == list(CSV_COLUMNS) and rows[0]["index"] == "1"
+    with CsvSink(path) as sink:  # same columns: appended
+        sink.write(rec(2))
+    assert [r["index"] for r in csv.DictReader(path.open())] == ["1", "2"]

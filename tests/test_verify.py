@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from anomedge.artifact import METADATA, Artifact
+from anomedge.artifact import METADATA, Artifact, write_metadata
 from anomedge.cli.verify import main as ad_verify
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.verify import FP32, GOLDEN_FILES, golden, parity, run_golden
@@ -90,7 +90,7 @@ def test_ad_verify_fails_when_a_bank_row_is_perturbed_and_its_hash_updated(artif
 def test_ad_verify_without_golden_frames_is_one_line_exit_2(artifact_copy):
     meta = json.loads((artifact_copy / METADATA).read_text())
     del meta["model"]["golden"]
-    (artifact_copy / METADATA).write_text(json.dumps(meta))
+    write_metadata(artifact_copy, meta)  # as an older exporter wrote it (spec re-hashed)
     result = CliRunner().invoke(ad_verify, [str(artifact_copy)])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "no golden frames" in result.stderr and "ad-export" in result.stderr
@@ -145,7 +145,7 @@ def test_ad_run_refuses_a_tampered_bank_unless_skip_verify(artifact_copy, elpv_p
 def test_ad_run_without_golden_frames_warns_and_continues(artifact_copy, elpv_paths):
     meta = json.loads((artifact_copy / METADATA).read_text())
     del meta["model"]["golden"]
-    (artifact_copy / METADATA).write_text(json.dumps(meta))
+    write_metadata(artifact_copy, meta)  # as an older exporter wrote it (spec re-hashed)
     result = _ad_run(artifact_copy, "--source", elpv_paths[30], "--quiet")
     assert result.returncode == 0, result.stderr
     assert "no golden frames" in result.stderr and "verification skipped" in result.stderr
@@ -190,7 +190,7 @@ def test_an_old_artifact_is_upgraded_in_place(artifact_copy, elpv_paths):
         del meta["files"][name]
         (artifact_copy / name).unlink()
     del meta["model"]["golden"]
-    (artifact_copy / METADATA).write_text(json.dumps(meta))
+    write_metadata(artifact_copy, meta)  # as an older exporter wrote it (spec re-hashed)
     upgrade([str(artifact_copy), "--golden", *map(str, elpv_paths[20:24])])
     artifact = Artifact.load(artifact_copy)
     assert artifact.has("knn.onnx") and golden(artifact) is not None

@@ -19,8 +19,9 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import InputError
+from ..runtime.decision import Decision
+from ..runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from ..runtime.pipeline import Inspector
-from ..runtime.preprocess import read_image
 from .metrics import f1_max
 from .normalize import fit_normalizer
 from .thresholds import MIN_GOOD, compute_threshold
@@ -40,13 +41,21 @@ class Scored:
     sizes: list[tuple[int, int]] = field(default_factory=list)
 
 
-def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
-    """Score every readable image; unreadable ones are skipped with a warning naming the file."""
+MAX_SKIPPED_SHARE = 0.5
+"""More than this share of unusable images means a wrong folder or a broken model, not a few bad files."""
+
+
+def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = DEFAULT_MAX_PIXELS) -> Scored:
+    """Score every usable image. One that cannot be read (permission, I/O, corrupt, over the pixel
+    budget ``max_pixels``) or whose score is not finite is skipped with a warning naming the file;
+    InputError (one line) when none remain or more than ``MAX_SKIPPED_SHARE`` of them were skipped."""
     kept, scores, maps, skipped, sizes = [], [], [], [], []
     for path in paths:
         try:
-            frame = read_image(path)
+            frame = read_image(path, max_pixels)
             result = inspector.inspect([frame])
+            if not np.isfinite(result.scores[0]):
+                raise InputError(f"{path}: score is {float(result.scores[0])}: the model gave a non-finite output")
         except InputError as exc:
             skipped.append((str(path), str(exc)))
             warnings.warn(f"skipped {exc}")
@@ -56,7 +65,10 @@ def score_paths(inspector: Inspector, paths: Sequence[Path]) -> Scored:
         scores.append(result.scores[0])
         maps.append(result.maps[0])
     if not kept:
-        raise InputError(f"none of the {len(paths)} images could be read: {skipped[0][1] if skipped else 'no images'}")
+        raise InputError(f"none of the {len(paths)} images could be used: {skipped[0][1] if skipped else 'no images'}")
+    if len(skipped) > MAX_SKIPPED_SHARE * len(paths):
+        raise InputError(f"{len(skipped)} of {len(paths)} images could not be used (first: {skipped[0][1]}); "
+                         "fix or remove them, or check that the folder is the right one")
     return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped, sizes)
 
 
@@ -87,17 +99,18 @@ def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int],
 
 def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "quantile",
               val: tuple[Sequence[Path], np.ndarray, Sequence[Path | None] | None] | None = None,
-              backend: str = "onnxruntime", **params: Any) -> dict[str, Any]:
+              backend: str = "onnxruntime", max_pixels: int = DEFAULT_MAX_PIXELS, **params: Any) -> dict[str, Any]:
     """Compute and store new thresholds; returns the new thresholds block.
 
     ``good``: paths of good images; ``val``: (paths, labels (N,) 0/1, mask paths or None) of a labelled
     validation set (needed for ``f1``). ``params``: the method's (``q`` for quantile, ``target`` for frr).
+    ``max_pixels``: pixel budget per image (header checked before decoding; larger ones are skipped).
     """
     root = Path(artifact_dir)
     if val is not None and len(val[1]) != len(val[0]):
         raise InputError(f"validation labels: {len(val[1])} labels for {len(val[0])} images; they must pair up")
     with Artifact.edit(root) as edit:
-        block = _thresholds_block(edit.artifact, good, method, val, backend, params)
+        block = _thresholds_block(edit.artifact, good, method, val, backend, params, max_pixels)
         old = dict(edit.meta.get("thresholds") or {})
         history = old.pop("history", [])
         block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
@@ -106,13 +119,13 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
 
 
 def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val, backend: str,
-                      params: dict[str, Any]) -> dict[str, Any]:
+                      params: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, Any]:
     """Score the images through the runtime and compute the new thresholds block (without history)."""
     if len(good) and len(good) < MIN_GOOD:
         warnings.warn(f"calibrating on {len(good)} good images; {MIN_GOOD}+ are recommended for a stable threshold")
     with Inspector(artifact, backend) as inspector:
-        good_scored = score_paths(inspector, good) if len(good) else None
-        val_scored = score_paths(inspector, val[0]) if val else None
+        good_scored = score_paths(inspector, good, max_pixels) if len(good) else None
+        val_scored = score_paths(inspector, val[0], max_pixels) if val else None
     val_pair = None
     if val is not None:
         labels = np.asarray(val[1], np.int8)
@@ -129,6 +142,7 @@ def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val
         "pixel": _pixel_threshold(good_scored, val_scored, val, keep if val else None, params.get("q", 0.99)),
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    Decision.from_thresholds(block, where="new ")  # never write what the runtime would refuse (NaN, inf)
     return block
 
 

@@ -5,7 +5,8 @@
 It is monotone non-decreasing and exact at the threshold, so ``score > threshold`` implies
 ``normalised >= 0.5`` and, away from rounding (a score within ~1e-16 x (max - threshold) of the
 threshold may normalise to exactly 0.5), ``normalised > 0.5``. Decide on the raw score; the
-normalised one is for display and for comparing detectors.
+normalised one is for display and for comparing detectors. At run time it is read from metadata by
+``anomedge.runtime.decision.Decision`` (the one place thresholds are interpreted).
 """
 
 from __future__ import annotations

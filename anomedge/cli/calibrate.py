@@ -26,9 +26,11 @@ def validation_set(spec: str):
 @click.option("--q", type=float, default=0.99, show_default=True, help="Quantile of good scores (method quantile).")
 @click.option("--target", type=float, default=0.01, show_default=True, help="Target false-reject rate on good parts (method frr).")
 @click.option("--backend", default="onnxruntime", show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
+              help="Pixel budget per image, checked in its header before decoding; larger ones are skipped.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database (default: $ANOMEDGE_REGISTRY or ~/.local/share/anomedge/runs.sqlite).")
 @one_line_errors
-def main(artifact, good, val, method, q, target, backend, registry):
+def main(artifact, good, val, method, q, target, backend, max_pixels, registry):
     """Set ARTIFACT's image (and pixel) thresholds; no re-export, old values kept in history."""
     import warnings
 
@@ -42,7 +44,7 @@ def main(artifact, good, val, method, q, target, backend, registry):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         block = calibrate(artifact, good_images(good) if good else [], method,
-                          validation_set(val) if val else None, backend, **params)
+                          validation_set(val) if val else None, backend, max_pixels=max_pixels, **params)
     for w in caught:
         click.echo(f"warning: {w.message}", err=True)
     if block.get("note"):

@@ -13,10 +13,13 @@ from .common import one_line_errors
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder to write.")
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
+              help="Pixel budget per image, checked in its header before decoding; larger ones are skipped.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
-def main(artifact, data, out, backend, precision, registry):
+def main(artifact, data, out, backend, precision, max_pixels, registry):
     """Score DATA's test split with ARTIFACT; write metrics.json, scores.csv, PNGs and report.html to OUT."""
+    import warnings
     from pathlib import Path
 
     import numpy as np
@@ -32,7 +35,11 @@ def main(artifact, data, out, backend, precision, registry):
     paths, labels, mask_paths = validation_set(data)
     extra = {} if precision == "fp32" else {"precision": precision}
     with Inspector(loaded, backend, **extra) as inspector:
-        scored = score_paths(inspector, paths)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            scored = score_paths(inspector, paths, max_pixels)
+        for w in caught:
+            click.echo(f"warning: {w.message}", err=True)
         threshold = inspector.threshold
     scored_paths = set(scored.paths)
     keep = [i for i, p in enumerate(paths) if Path(p) in scored_paths]

@@ -4,6 +4,8 @@ one decision record per frame, NG evidence, optional webhook / MQTT outputs and 
 Every output is opened before the first frame, so an unwritable path fails at start-up with one line.
 SIGINT / SIGTERM finish the frame in flight, flush, print the summary and exit 0; with
 ``--exit-on-disconnect`` a lost live source ends the run with exit code 1 (for a supervisor to restart).
+A record that cannot be written (a full disk) ends the run: one line, the summary, exit 1.
+stdout gets one readable line per frame (JSON lines with ``--json``); files get JSONL / CSV.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from .common import one_line_errors
 @click.option("--watch", is_flag=True, help="--source is a hot folder: process new files as they arrive, each once.")
 @click.option("--watch-state", type=click.Path(dir_okay=False), default=None,
               help="State file of processed names for --watch (default: SOURCE/.anomedge-processed).")
+@click.option("--settle-s", type=float, default=1.0, show_default=True,
+              help="--watch: take a file once its size and mtime stayed the same this long.")
+@click.option("--watch-retries", type=int, default=3, show_default=True,
+              help="--watch: retries (with back-off) of a file that cannot be read yet.")
 @click.option("--loop", is_flag=True, help="Start a video file again at its end (soak tests, demos).")
 @click.option("--width", type=int, default=None, help="Camera/stream capture width (where the driver allows).")
 @click.option("--height", type=int, default=None, help="Capture height.")
@@ -43,7 +49,11 @@ from .common import one_line_errors
               help="Scoring on the host (fused kernel) or inside the graph (default: as recorded in the artifact).")
 @click.option("--allow-fallback", is_flag=True, help="Accept onnxruntime's CPU fallback when a GPU provider fails to load.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
-@click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata.")
+@click.option("--threshold", type=float, default=None, help="Override the image threshold from metadata (finite).")
+@click.option("--on-error", type=click.Choice(["error", "ng"]), default="error", show_default=True,
+              help="A frame that cannot be decided (unreadable, non-finite score): an ERROR record, or NG (reject it).")
+@click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
+              help="Pixel budget per image file, checked in its header before decoding; larger → ERROR record.")
 @click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
               help="Override the host kNN kernel recorded in the artifact (raced at export).")
 @click.option("--skip-verify", is_flag=True, help="Inspect without first checking the golden frames (see ad-verify).")
@@ -59,15 +69,20 @@ from .common import one_line_errors
 @click.option("--trust", multiple=True, type=click.Path(dir_okay=False),
               help="Public key (PEM) whose signature the artifact must carry (repeatable; implies --require-signature).")
 @click.option("--require-signature", is_flag=True, help="Refuse an unsigned artifact (a wrong signature is always refused).")
+@click.option("--url", default=None, help="--backend triton: the Triton server HOST:PORT (8000 http, 8001 grpc).")
+@click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
+              help="--backend triton: protocol of --url.")
+@click.option("--model", "model_name", default=None, help="--backend triton: model name in the repository (default anomedge).")
+@click.option("--json", "as_json", is_flag=True, help="Print each record as a JSON line on stdout (default: a readable line).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
-def main(artifact, source, camera, watch, watch_state, loop, width, height, fps, exposure, gain, roi, policy,
-         capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend, device, precision,
-         placement, allow_fallback, threads, threshold, knn_kernel, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng,
-         save_every, webhook, mqtt, serve, trust, require_signature, quiet):
+def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, loop, width, height, fps, exposure,
+         gain, roi, policy, capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend,
+         device, precision, placement, allow_fallback, threads, threshold, on_error, max_pixels, knn_kernel,
+         skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt, serve, trust,
+         require_signature, url, protocol, model_name, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
-    import json
     import logging
     import signal
     import sys
@@ -78,8 +93,9 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
     from ..runtime.capture import CaptureThread
     from ..runtime.evidence import EvidenceWriter
     from ..runtime.pipeline import Inspector
+    from ..runtime.decision import check_threshold
     from ..runtime.runner import Runner
-    from ..runtime.sinks import CsvSink, JsonlSink
+    from ..runtime.sinks import ConsoleSink, CsvSink, JsonlSink, SinkError
     from ..runtime.sources import CaptureSettings, VideoSource, open_source, parse_roi
 
     if source is None and camera is None and serve is None:
@@ -88,6 +104,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
         raise click.UsageError("give either --camera or --source, not both")
     if max_frames is not None and max_frames < 1:
         raise click.UsageError("--max-frames must be at least 1")
+    threshold = check_threshold(threshold)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logging.getLogger("anomedge").addHandler(handler)
@@ -119,7 +136,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
             stack.callback(broker.close)
             sinks.append(broker)
         if not quiet:
-            sinks.append(lambda record: click.echo(json.dumps(record)))
+            sinks.append(ConsoleSink(as_json=as_json))
 
         loaded = Artifact.load(artifact, trust=trust, require_signature=require_signature)
         settings = CaptureSettings(width=width, height=height, fps=fps, exposure=exposure, gain=gain,
@@ -127,13 +144,16 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
                                    exit_on_disconnect=exit_on_disconnect, loop=loop)
         frames = None
         if source is not None or camera is not None:
-            frames = open_source(source, camera, watch=watch, state_file=watch_state, settings=settings, stop_event=stop)
+            frames = open_source(source, camera, watch=watch, state_file=watch_state, settings=settings, stop_event=stop,
+                                 max_pixels=max_pixels, settle_s=settle_s, retries=watch_retries)
             if isinstance(frames, VideoSource):
                 frames.open()
             if hasattr(frames, "close"):
                 stack.callback(frames.close)
 
         options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
+        if backend == "triton":
+            options.update(url=url, protocol=protocol, model=model_name)
         inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold, threads=threads,
                                                   knn_kernel=knn_kernel, placement=placement, **options))
         if inspector.threshold is None:
@@ -141,7 +161,7 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
         from ..runtime.verify import startup_check
 
         verified = startup_check(inspector, skip=skip_verify)  # the golden frames, here; exit 2 outside tolerance
-        runner = Runner(inspector, sinks, roi=region, evidence=evidence)
+        runner = Runner(inspector, sinks, roi=region, evidence=evidence, on_error=on_error)
 
         capture = None
         if frames is not None and capture_thread:
@@ -165,20 +185,28 @@ def main(artifact, source, camera, watch, watch_state, loop, width, height, fps,
             stop.set()
 
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        failure = None
         try:
             if frames is None:
                 while not stop.wait(0.5):
                     pass
                 summary = runner.summary
             else:
-                summary = runner.run(capture if capture is not None else frames, stop_event=stop, max_frames=max_frames,
-                                     on_done=getattr(frames, "ack", None),
-                                     dropped=(lambda: capture.dropped) if capture is not None else None,
-                                     reconnects=(lambda: frames.reconnects) if hasattr(frames, "reconnects") else None)
+                try:
+                    summary = runner.run(capture if capture is not None else frames, stop_event=stop,
+                                         max_frames=max_frames, on_done=getattr(frames, "ack", None),
+                                         dropped=(lambda: capture.dropped) if capture is not None else None,
+                                         reconnects=(lambda: frames.reconnects) if hasattr(frames, "reconnects") else None)
+                except SinkError as exc:  # the summary is still printed; exit 1 below
+                    failure, summary = exc, runner.summary
+                    stop.set()
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)
     click.echo(summary.line(), err=not quiet)
+    if failure is not None:
+        click.echo(f"error: {failure}", err=True)
+        sys.exit(failure.exit_code)
     if getattr(frames, "disconnected", False):
         click.echo(f"error: {frames.path}: disconnected (--exit-on-disconnect)", err=True)
         sys.exit(1)

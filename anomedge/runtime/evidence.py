@@ -4,7 +4,7 @@ drawn) and the raw frame saved for people and for re-calibration.
 - ``frame_map(anomaly_map (h,w), (H,W))`` → (H,W) float32, the map at frame resolution.
 - ``regions(map (H,W), threshold, min_area)`` → ``[[x, y, w, h], ...]`` boxes of the connected
   components of ``map > threshold`` (8-connectivity), largest first.
-- ``heat_range(thresholds, image_threshold)`` → (low, high) colour range of the heatmap.
+- The heatmap's colour range is ``runtime.decision.Decision.heat_range``.
 - ``EvidenceWriter(folder, save_every)``: checks at start-up that ``folder`` is writable;
   ``save(frame, map, record)`` writes ``<stem>_<index>_overlay.png`` and ``<stem>_<index>_raw.png``
   for NG, the raw frame of every ``save_every``-th OK frame under ``ok/``; returns the overlay path.
@@ -40,17 +40,6 @@ def regions(full_map: np.ndarray, threshold: float, min_area: int = 4) -> list[l
     boxes = [stats[i] for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= min_area]
     boxes.sort(key=lambda s: -int(s[cv2.CC_STAT_AREA]))
     return [[int(s[0]), int(s[1]), int(s[2]), int(s[3])] for s in boxes]
-
-
-def heat_range(thresholds: dict[str, Any], threshold: float) -> tuple[float, float]:
-    """Colour range: the normalisation's [min, max] if calibrated, else [lowest good score, 2·t − low]."""
-    norm = thresholds.get("normalization")
-    if isinstance(norm, dict) and {"min", "max"} <= set(norm):
-        return float(norm["min"]), float(norm["max"])
-    good = thresholds.get("good_scores") or {}
-    low = float(good.get("min", 0.0)) if isinstance(good, dict) else 0.0
-    low = min(low, threshold)
-    return low, max(2.0 * threshold - low, low + 1e-6)
 
 
 def draw(frame: np.ndarray, full_map: np.ndarray, boxes: list[list[int]], low: float, high: float) -> np.ndarray:

@@ -4,8 +4,9 @@
 backend (runs a graph: ``model.onnx`` / a precision variant for placement host, ``model.graph.onnx``
 for placement graph) → the scoring head (host kernel, or pass-through when the graph scored) →
 postprocess (maps, image score). The PyTorch reference brings its own torch stages. ``inspect(frames)``
-returns an ``Inspection`` for the batch; ``decide(score)`` applies the threshold from metadata
-(or the ``threshold=`` override). Thresholds never live in the graph.
+returns an ``Inspection`` for the batch; ``decision`` (``runtime.decision.Decision``) holds the
+thresholds from metadata (or the ``threshold=`` override) and ``decide(score)`` applies it, failing
+closed (OK only for a finite score under a finite threshold). Thresholds never live in the graph.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ..errors import ArtifactError, InputError
 from ..scoring.heads import PassThroughHead, make_head
 from ..scoring.postprocess import anomaly_maps, image_scores
 from .backends.base import Backend, Stages
+from .decision import Decision
 from .preprocess import preprocess
 from .registry import get_backend
 
@@ -90,6 +92,8 @@ class Inspector:
         graph = graph_file(artifact, placement)
         if graph is not None:
             options.setdefault("model_file", graph)
+        self.decision = Decision.from_thresholds(artifact.metadata.thresholds, threshold,
+                                                 where=f"{artifact.root}/metadata.json: ")
         self.artifact = artifact
         self.placement = placement
         self.backend = get_backend(backend)(artifact, device, **options)
@@ -104,7 +108,6 @@ class Inspector:
             self.backend.close()
             raise
         self.knn_kernel = getattr(self.stages.score, "kernel", None)
-        self._threshold = threshold
 
     def close(self) -> None:
         self.backend.close()
@@ -117,17 +120,12 @@ class Inspector:
 
     @property
     def threshold(self) -> float | None:
-        if self._threshold is not None:
-            return self._threshold
-        value = self.artifact.metadata.thresholds.get("image")
-        return None if value is None else float(value)
+        return self.decision.threshold
 
     def decide(self, score: float) -> str:
-        """'NG' if ``score`` exceeds the image threshold, else 'OK'."""
-        threshold = self.threshold
-        if threshold is None:
-            raise ArtifactError(f"{self.artifact.root}: no image threshold in metadata; run ad-calibrate or pass --threshold")
-        return "NG" if score > threshold else "OK"
+        """'NG' if ``score`` exceeds the image threshold, 'OK' if not; 'ERROR' (or 'NG' under
+        ``on_error="ng"``) for a non-finite score or no threshold."""
+        return self.decision.label(score)[0]
 
     def inspect(self, frames: list[np.ndarray]) -> Inspection:
         stages = self.stages

@@ -9,13 +9,13 @@ antialias — the same as ``torch.nn.functional.interpolate(..., align_corners=F
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np
 
 from ..artifact import InputSpec
 from ..errors import InputError
+from .imageio import read_image  # noqa: F401  (decoding lives in imageio: pixel budget, typed errors)
 
 _LOG_LEVEL_ERROR = 2  # cv::utils::logging::LOG_LEVEL_ERROR, the same number in OpenCV 4 and 5
 
@@ -38,18 +38,6 @@ quiet_opencv_logging()
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 _DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Decode an image file as stored (8/16-bit, 1/3/4 channels). Raises InputError naming the file."""
-    path = Path(path)
-    data = np.fromfile(path, dtype=np.uint8) if path.is_file() else None
-    if data is None:
-        raise InputError(f"{path}: no such file")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-    if image is None:
-        raise InputError(f"{path}: not a readable image (corrupt, truncated or not an image file)")
-    return image
 
 
 def to_rgb_float(frame: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ BACKEND_MODULES: dict[str, str] = {
     "openvino": "anomedge.runtime.backends.openvino",
     "tensorrt": "anomedge.runtime.backends.tensorrt",
     "torch": "anomedge.runtime.backends.torch_ref",
+    "triton": "anomedge.runtime.backends.triton",  # a remote Triton server (anomedge[triton])
 }
 
 

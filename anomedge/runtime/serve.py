@@ -188,6 +188,7 @@ class LiveView:
         with self._state:
             last = list(self.last)
         return {**self.info, "threshold": self.runner.threshold, "pixel_threshold": self.runner.pixel_threshold,
+                "threshold_since": self.runner.decision.since, "threshold_origin": self.runner.decision.origin,
                 "connected": self.connected(), "counters": self.counters(), "last": last}
 
     def metrics(self) -> str:
