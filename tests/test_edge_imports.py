@@ -117,7 +117,7 @@ def test_opencv_log_quieted_to_errors_unless_the_user_set_a_level(preset, level)
     5: cv2.utils.logging); a user's OPENCV_LOG_LEVEL is kept. The floors venv of .ci/edge.py runs OpenCV 4.5."""
     code = """
 import cv2
-import anomedge.runtime.preprocess
+import anomedge.runtime.preprocess  # imports imageio, which sets the level
 api = getattr(getattr(cv2, "utils", None), "logging", None)
 print((getattr(api, "getLogLevel", None) or cv2.getLogLevel)())
 """

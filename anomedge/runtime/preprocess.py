@@ -8,33 +8,12 @@ antialias — the same as ``torch.nn.functional.interpolate(..., align_corners=F
 
 from __future__ import annotations
 
-import os
-
 import cv2
 import numpy as np
 
 from ..artifact import InputSpec
 from ..errors import InputError
-from .imageio import read_image  # noqa: F401  (decoding lives in imageio: pixel budget, typed errors)
-
-_LOG_LEVEL_ERROR = 2  # cv::utils::logging::LOG_LEVEL_ERROR, the same number in OpenCV 4 and 5
-
-
-def quiet_opencv_logging() -> None:
-    """Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
-
-    OpenCV 5 has ``cv2.utils.logging.setLogLevel``, OpenCV 4.x only ``cv2.setLogLevel``; both take the
-    same level numbers. A user who sets OPENCV_LOG_LEVEL keeps that level.
-    """
-    if "OPENCV_LOG_LEVEL" in os.environ:
-        return
-    api = getattr(getattr(cv2, "utils", None), "logging", None)
-    set_level = getattr(api, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
-    if set_level is not None:
-        set_level(getattr(api, "LOG_LEVEL_ERROR", _LOG_LEVEL_ERROR))
-
-
-quiet_opencv_logging()
+from .imageio import read_image  # noqa: F401  (decoding lives in imageio: pixel budget, typed errors, OpenCV's log level)
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 _DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}
