@@ -1,7 +1,7 @@
 """Host vs graph scoring placement per backend (batch 1): latency and agreement, artifact sizes.
 
 Copies ARTIFACT to a scratch folder, adds ``model.graph.onnx`` (backbone + chunked scoring head,
-export.scoring_head), and times the pipeline (preprocess → infer → score → postprocess) with the host
+scoring.graph), and times the pipeline (preprocess → infer → score → postprocess) with the host
 head (the artifact's recorded kNN kernel) and with the graph head, on onnxruntime and OpenVINO
 (fp32 and bf16). ``--record`` writes the faster placement per backend into ARTIFACT's metadata
 (``scoring.placement_by_backend``; metadata.json is not hashed, like thresholds).

@@ -1,5 +1,7 @@
 """The live view end to end in headless Chromium (selenium + Debian chromium/chromium-driver): ad-run on
-a looping video with --serve; the page loads, the counters move, and a screenshot shows the overlay."""
+a looping video with --serve; the page loads, the counters move, and a screenshot shows the overlay;
+with a token and a finite video: the login through the URL fragment, the "source finished" banner,
+yield / NG %, the NG gallery and the trend, while the server keeps serving."""
 
 from __future__ import annotations
 
@@ -75,6 +77,8 @@ def test_live_page_counters_move_and_overlay_shows(tiny_artifact, elpv_paths, tm
         second = read()
         assert 0 < first < second  # the counters move
         assert int(chrome.find_element("id", "ng").text) > 0
+        assert chrome.find_element("id", "banner").text.startswith("connected")
+        assert chrome.find_element("id", "ngpct").text.endswith("%")
         deadline = time.monotonic() + 20
         while chrome.execute_script("const i = document.getElementById('frame'); return i.complete ? i.naturalWidth : 0") \
                 == 0 and time.monotonic() < deadline:
@@ -102,3 +106,82 @@ def test_live_page_counters_move_and_overlay_shows(tiny_artifact, elpv_paths, tm
             proc.kill()
     assert proc.returncode == 0, err
     assert "frames:" in out
+
+
+def wait_until(check, seconds=20):
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+def test_token_login_finished_source_gallery_and_trend(tiny_artifact, elpv_paths, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
+    browser, driver = chromium_paths()
+    if browser is None or driver is None:
+        pytest.skip("headless Chromium not found (apt-get install chromium chromium-driver, or run .ci/system-deps.sh)")
+    video = tmp_path / "cells.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (300, 300))
+    for p in elpv_paths[20:32]:
+        writer.write(cv2.imread(str(p), cv2.IMREAD_COLOR))
+    writer.release()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "browser-test-token-0123456789"
+    env = {**os.environ, "ANOMEDGE_TOKEN": token}
+    proc = subprocess.Popen([sys.executable, "-c", CODE, str(tiny_artifact.root), "--source", str(video),
+                             "--threshold", "0", "--serve", f"127.0.0.1:{port}", "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(arg)
+    chrome = None
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        def finished():
+            request = urllib.request.Request(url + "api/status", headers={"Authorization": f"Bearer {token}"})
+            try:
+                return b'"state": "finished"' in urllib.request.urlopen(request, timeout=2).read()
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                return False
+        assert wait_until(finished, 60), "the finite source never finished"
+        from selenium.webdriver.chrome.service import Service
+
+        chrome = webdriver.Chrome(service=Service(driver), options=options)
+        chrome.set_page_load_timeout(20)
+        chrome.get(url)  # no token yet: the login page
+        assert "token" in chrome.title and chrome.find_elements("id", "t")
+        chrome.get(url + "index.html#token=" + token)  # the fragment never reaches the server; the page logs in with it
+        assert wait_until(lambda: chrome.title == "anomedge live")
+        assert "#token" not in chrome.current_url
+        assert wait_until(lambda: chrome.find_element("id", "banner").text.startswith("source finished"))
+        assert chrome.find_element("id", "frames").text == "12"
+        assert chrome.find_element("id", "ngpct").text == "100.0 %" and chrome.find_element("id", "yield").text == "0.0 %"
+        assert wait_until(lambda: chrome.execute_script(
+            "return [...document.querySelectorAll('#gallery img')].filter(i => i.complete && i.naturalWidth > 0).length") == 8)
+        points = chrome.find_element("id", "scores").get_attribute("points").split()
+        assert len(points) == 12
+        assert chrome.execute_script("return document.getElementById('frame').naturalWidth") == 300
+        assert chrome.find_element("id", "frame").rect["width"] >= 450  # a 300 px frame shown enlarged
+        shot_path = tmp_path / "live-finished.png"
+        chrome.save_screenshot(str(shot_path))
+        if os.environ.get("ANOMEDGE_SCREENSHOT_FINISHED"):
+            shutil.copy(shot_path, os.environ["ANOMEDGE_SCREENSHOT_FINISHED"])
+        assert proc.poll() is None  # still serving after the source ended
+    finally:
+        if chrome is not None:
+            chrome.quit()
+        proc.send_signal(2)
+        try:
+            out, err = proc.communicate(timeout=20)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "source finished" in err and "12 frames" in out

@@ -114,3 +114,21 @@ def test_unknown_precision_or_method(art, elpv_paths):
         add_variant(art, "int4")
     with pytest.raises(InputError, match="calibration method 'kl'"):
         add_variant(art, "int8", elpv_paths[:2], method="kl")
+
+
+def test_int8_variant_is_symmetric_with_float_biases(tiny_artifact, tmp_path, elpv_paths):
+    """TensorRT accepts only symmetric INT8 Q/DQ: every zero point is 0 and no bias is quantised to
+    int32 (quantize_static's defaults give both: measured 86 non-zero zero points, 33 int32 biases)."""
+    root = tmp_path / "art"
+    shutil.copytree(tiny_artifact.root, root)
+    model = onnx.load(str(add_variant(root, "int8", elpv_paths[:8])))
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    zero_points = [init[n.input[2]] for n in qdq if len(n.input) > 2 and n.input[2]]
+    assert len(zero_points) == len(qdq)  # every pair states its zero point ...
+    assert all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)  # ... and it is 0, int8
+    assert not [n.name for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in init
+                and init[n.input[0]].dtype == np.int32]
+    biases = [n.input[2] for n in model.graph.node if n.op_type == "Conv" and len(n.input) > 2]
+    assert biases and all(init[b].dtype == np.float32 for b in biases)  # straight from float initializers

@@ -18,7 +18,7 @@ import pytest
 
 from anomedge.errors import BackendUnavailable, InputError
 from anomedge.runtime.pipeline import Inspector
-from anomedge.runtime.postprocess import image_scores
+from anomedge.scoring.postprocess import image_scores
 from anomedge.runtime.preprocess import preprocess, read_image
 from anomedge.serving.triton import SHA_PARAMETER, ServingOptions, parse_config, write_repository
 

@@ -23,7 +23,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 pytest.importorskip("tritonclient.http", reason="tritonclient is not installed: pip install 'anomedge[triton]'")
-SERVER_ENV = "nvidia-pytriton 'numpy<2' 'opencv-python-headless<4.12' onnxruntime onnx click"
+SERVER_ENV = "nvidia-pytriton 'numpy<2' 'opencv-python-headless<4.12' onnxruntime click"
 
 
 @pytest.fixture(scope="session")  # session: set up (and skip) before the session-scoped artifact is fitted

@@ -47,7 +47,7 @@ KINDS = ("knn", "mahalanobis", "reconstruction")
 PLACEMENTS = ("host", "graph")
 BANK_DTYPES = ("float32", "float16")
 OPENVINO_PRECISIONS = ("fp32", "fp16")
-# reduction name → {parameter: (low, high)} (low exclusive); runtime.postprocess.REDUCTIONS implements them.
+# reduction name → {parameter: (low, high)} (low exclusive); scoring.postprocess.REDUCTIONS implements them.
 REDUCTIONS: dict[str, dict[str, tuple[float, float]]] = {
     "max": {}, "mean": {}, "top_fraction_mean": {"fraction": (0.0, 1.0)},
 }

@@ -6,11 +6,12 @@ import json
 
 import click
 
+from ..runtime.precisions import bench_entries
 from .common import format_table, one_line_errors
 
 
-# "all": every backend and precision this toolkit can run; unavailable ones are listed with the reason.
-ALL_ENTRIES = ["onnxruntime", "onnxruntime:fp16", "onnxruntime:int8", "openvino:fp32", "openvino:bf16", "tensorrt"]
+# "all": every backend:precision of the precision table; unavailable ones are listed with the reason.
+ALL_ENTRIES = bench_entries()
 
 
 def bench_table(reports) -> str:

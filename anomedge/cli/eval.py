@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors
 
 
@@ -12,7 +13,7 @@ from .common import one_line_errors
 @click.option("--data", required=True, help="Labelled data: a data set spec (elpv:mono) or an MVTec-layout folder.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder to write.")
 @click.option("--backend", default="onnxruntime", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default="fp32", show_default=True)
 @click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
               help="Pixel budget per image, checked in its header before decoding; larger ones are skipped.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")

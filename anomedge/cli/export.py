@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
 
 
@@ -20,7 +21,7 @@ from .common import one_line_errors, parse_params
 @click.option("--quantile", default=0.99, show_default=True, help="Default threshold = this quantile of held-out good scores.")
 @click.option("--format", "formats", default="onnx", show_default=True,
               help="Comma list of onnx, engine (TensorRT, on a GPU machine), openvino.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default="fp32", show_default=True,
               help="Precision of the extra formats (int8 calibrates on the training images).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default="host", show_default=True,
               help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis + map in one graph) and use it by default.")
@@ -57,7 +58,9 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         raise click.BadParameter(f"{detector} already scores inside its graph (reconstruction error); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
-    fmt_options = {row.name: {"precision": precision, **({"calib": []} if row.name == "onnx" and precision == "int8" else {})}
+    fmt_options = {row.name: {"precision": precision,
+                              **({"calib": []} if row.name in ("onnx", "engine") and precision == "int8" else {}),
+                              **({"placement": placement} if row.name == "engine" and placement else {})}
                    for row in rows}
     for row in rows:
         check_options(row, fmt_options[row.name])
@@ -67,6 +70,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
                             progress=None if not quiet else False)
     root = report.artifact.root
+    if placement == "graph":  # before the formats: a graph-placement engine is built from model.graph.onnx
+        _use_graph_placement(root)
     for row in rows:
         if row.name == "onnx" and precision == "fp32":
             continue
@@ -76,8 +81,6 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         path = row.exporter(root, **opts)
         if not quiet:
             click.echo(f"{row.name}: wrote {path}", err=True)
-    if placement == "graph":
-        _use_graph_placement(root)
     from ..artifact import Artifact
     from .runs import record_run
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import click
 
+from ..runtime.precisions import VARIANT_PRECISIONS
 from .common import one_line_errors
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path())
-@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
+@click.option("--precision", type=click.Choice(VARIANT_PRECISIONS), required=True)
 @click.option("--calib", default=None, help="Good images for INT8 calibration: folder, glob, list or data set spec.")
 @click.option("--limit", default=64, show_default=True, help="Use at most this many calibration images.")
 @click.option("--method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)

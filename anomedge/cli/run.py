@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors
 
 
@@ -43,7 +44,7 @@ from .common import one_line_errors
 @click.option("--open-timeout-s", type=float, default=10.0, show_default=True, help="Give up opening a source after this.")
 @click.option("--backend", default="onnxruntime", show_default=True)
 @click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8", "bf16"]), default=None,
+@click.option("--precision", type=click.Choice(ALL_PRECISIONS), default=None,
               help="Model variant (fp16 / int8 made by ad-quantize) or OpenVINO inference precision (fp32 / bf16 / fp16).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default=None,
               help="Scoring on the host (fused kernel) or inside the graph (default: as recorded in the artifact).")
@@ -73,6 +74,10 @@ from .common import one_line_errors
 @click.option("--protocol", type=click.Choice(["http", "grpc"]), default="http", show_default=True,
               help="--backend triton: protocol of --url.")
 @click.option("--model", "model_name", default=None, help="--backend triton: model name in the repository (default anomedge).")
+@click.option("--token", envvar="ANOMEDGE_TOKEN", default=None, show_envvar=True,
+              help="Bearer token for --serve (required unless bound to loopback; at least 16 characters).")
+@click.option("--allow-host", multiple=True,
+              help="Extra Host name the API answers to (repeatable; the bound host and localhost always are).")
 @click.option("--json", "as_json", is_flag=True, help="Print each record as a JSON line on stdout (default: a readable line).")
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
@@ -80,7 +85,7 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
          gain, roi, policy, capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend,
          device, precision, placement, allow_fallback, threads, threshold, on_error, max_pixels, knn_kernel,
          skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt, serve, trust,
-         require_signature, url, protocol, model_name, as_json, quiet):
+         require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import logging
@@ -89,7 +94,6 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
     import threading
 
     from ..artifact import Artifact
-    from ..errors import InputError
     from ..runtime.capture import CaptureThread
     from ..runtime.evidence import EvidenceWriter
     from ..runtime.pipeline import Inspector
@@ -109,6 +113,13 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
     handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
     logging.getLogger("anomedge").addHandler(handler)
     logging.getLogger("anomedge").setLevel(logging.WARNING)
+
+    address = None
+    if serve:
+        from ..runtime.serve import check_bind, parse_address
+
+        address = parse_address(serve)
+        check_bind(address[0], token)  # before any output is opened or the model loaded
 
     stop = threading.Event()
     with contextlib.ExitStack() as stack:
@@ -168,15 +179,14 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
             chosen = policy or ("latest" if getattr(frames, "live", False) and not watch else "all")
             capture = CaptureThread(frames, chosen, stop_event=stop)
             stack.callback(capture.stop)
-        if serve:
+        view = None
+        if address:
             from ..runtime.serve import LiveView
 
-            host, _, port = serve.rpartition(":")
-            if not host or not port.isdigit():
-                raise InputError(f"--serve '{serve}': expected HOST:PORT, e.g. 127.0.0.1:8080")
             info = {"artifact": str(loaded.root), "detector": loaded.metadata.detector, "backend": backend,
                     "source": getattr(frames, "path", None), "verify": verified}
-            view = LiveView(runner, info, host, int(port), source=frames, capture=capture).start()
+            view = LiveView(runner, info, *address, source=frames, capture=capture, token=token,
+                            allowed_hosts=tuple(h for value in allow_host for h in value.split(",") if h)).start()
             stack.callback(view.close)
             runner.observers.append(view.update)
             click.echo(f"live view on {view.url}", err=True)
@@ -200,6 +210,12 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
                 except SinkError as exc:  # the summary is still printed; exit 1 below
                     failure, summary = exc, runner.summary
                     stop.set()
+                ended = not stop.is_set() and (max_frames is None or summary.frames < max_frames)
+                if view is not None and ended and not getattr(frames, "disconnected", False):
+                    view.finish()  # a finite source ended by itself: keep serving the results until Ctrl-C
+                    click.echo(f"source finished: {summary.line()}; still serving {view.url} (Ctrl-C to stop)", err=True)
+                    while not stop.wait(0.5):
+                        pass
         finally:
             for sig, old in previous.items():
                 signal.signal(sig, old)

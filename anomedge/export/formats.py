@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
+from ..runtime.precisions import PRECISIONS, VARIANT_PRECISIONS
 
 
 def _onnx(artifact_dir: str | Path, precision: str = "fp32", calib=(), method: str = "minmax", exclude=()) -> Path:
@@ -24,10 +25,18 @@ def _onnx(artifact_dir: str | Path, precision: str = "fp32", calib=(), method: s
 
 
 def _engine(artifact_dir: str | Path, precision: str = "fp32", batch: tuple[int, int, int] = (1, 1, 8),
-            workspace_mib: int = 1024, timing_cache: str | None = None) -> Path:
+            workspace_mib: int = 1024, timing_cache: str | None = None, calib=(), placement: str = "host",
+            device: int = 0) -> Path:
+    """The engine of ``precision``; a missing fp16 / int8 ONNX variant is made first (int8 from ``calib``)."""
+    from ..artifact import Artifact
     from .tensorrt import EngineProfile, build_engine
 
-    return build_engine(artifact_dir, precision, EngineProfile(*batch, workspace_mib), timing_cache)
+    if precision != "fp32" and precision not in Artifact.load(artifact_dir).metadata.model.get("variants", {}):
+        if precision == "int8" and not calib:
+            raise InputError("an int8 engine is built from the int8 ONNX variant: pass calibration images "
+                             "(ad-export calibrates on the training images; or run ad-quantize first)")
+        _onnx(artifact_dir, precision, calib)
+    return build_engine(artifact_dir, precision, EngineProfile(*batch, workspace_mib), timing_cache, device, placement)
 
 
 def _openvino(artifact_dir: str | Path, precision: str = "fp32") -> Path:
@@ -50,11 +59,14 @@ class ExportFormat:
 
 FORMATS: dict[str, ExportFormat] = {f.name: f for f in (
     ExportFormat("onnx", ".onnx", cpu=True, gpu=True, options=("precision", "calib", "method", "exclude"),
-                 precisions=("fp32", "fp16", "int8"), exporter=_onnx, backend="onnxruntime"),
-    ExportFormat("engine", ".engine", cpu=False, gpu=True, options=("precision", "batch", "workspace_mib", "timing_cache"),
-                 precisions=("fp32", "fp16", "int8"), exporter=_engine, backend="tensorrt"),
+                 precisions=("fp32", *VARIANT_PRECISIONS), exporter=_onnx, backend="onnxruntime"),
+    ExportFormat("engine", ".engine", cpu=False, gpu=True,
+                 options=("precision", "batch", "workspace_mib", "timing_cache", "calib", "placement", "device"),
+                 precisions=PRECISIONS["tensorrt"], exporter=_engine, backend="tensorrt"),
+    # bf16 is an OpenVINO inference hint, not a file: the IR is written in fp32 or fp16 weights.
     ExportFormat("openvino", ".xml", cpu=True, gpu=True, options=("precision",),
-                 precisions=("fp32", "fp16"), exporter=_openvino, backend="openvino"),
+                 precisions=tuple(p for p in PRECISIONS["openvino"] if p != "bf16"), exporter=_openvino,
+                 backend="openvino"),
 )}
 
 

@@ -5,8 +5,10 @@
   stays float32, and nodes named in ``exclude`` too.
 - ``int8``: static quantisation into Q/DQ form (onnxruntime.quantization.quantize_static) from
   calibration images, per-channel weights, MinMax / Entropy (KL over a 512-bin histogram) /
-  Percentile calibration; nodes named in ``exclude`` stay float (mixed precision). Q/DQ is also what
-  TensorRT 10/11 consumes for INT8.
+  Percentile calibration; nodes named in ``exclude`` stay float (mixed precision). The Q/DQ pairs
+  are *symmetric* (every zero point 0, activations and weights) and biases stay float32 (no int32
+  bias DequantizeLinear): that is the only Q/DQ form TensorRT 10/11 accepts for INT8, so the same
+  file builds a strongly typed TensorRT engine and runs under onnxruntime (``INT8_OPTIONS``).
 
 Unknown ``exclude`` names are refused; a failure leaves the artifact folder as it was.
 
@@ -26,6 +28,10 @@ from ..errors import InputError
 from ..runtime.preprocess import preprocess, read_image
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# quantize_static's defaults are asymmetric activations (non-zero zero points) and int32-quantised
+# biases; TensorRT refuses both (and onnxruntime's TensorRT provider then silently runs those nodes
+# on CUDA). These extra_options give symmetric activations and weights and float biases.
+INT8_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
 MIN_CALIBRATION_IMAGES = 32
 
 
@@ -100,7 +106,7 @@ def to_int8(src: Path, dst: Path, artifact: Artifact, calibration: Sequence[Path
         quantize_static(str(prepared), str(dst), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=calibrate_method, nodes_to_exclude=list(exclude),
-                        calibration_cache_path=cache)
+                        calibration_cache_path=cache, extra_options=dict(INT8_OPTIONS))
 
 
 ENTROPY_BINS, ENTROPY_QUANTIZED_BINS = 512, 128

@@ -140,8 +140,13 @@ def _mahalanobis(g: _Graph, feats: str, mean: np.ndarray, factor: np.ndarray, n_
 def _anomaly_map(g: _Graph, scores: str, h: int, w: int, size: tuple[int, int], sigma: float) -> str:
     height, width = size
     x = g.one("Reshape", [scores, g.const("n1hw", np.array([-1, 1, h, w], np.int64))])
-    x = g.one("Resize", [x, "", "", g.const("sizes", np.array([height, width], np.int64))], axes=[2, 3],
-              mode="linear", coordinate_transformation_mode="half_pixel")
+    # Full-rank scales (no ``axes``, no 2-element sizes on a dynamic batch: the ONNX-TensorRT importer's
+    # form); exact only when floor(h·scale) == height, so anything else is refused, never resized off by one.
+    scales = np.array([1.0, 1.0, height / h, width / w], np.float32)
+    if int(np.floor(np.float32(h) * scales[2])) != height or int(np.floor(np.float32(w) * scales[3])) != width:
+        raise InputError(f"anomaly map {h}×{w} → {height}×{width}: not an exact float32 scale; use an input size "
+                         "that is a multiple of the feature stride")
+    x = g.one("Resize", [x, "", g.const("scales", scales)], mode="linear", coordinate_transformation_mode="half_pixel")
     if sigma > 0:
         taps = gaussian_taps(sigma)
         pad = len(taps) // 2
@@ -230,5 +235,9 @@ def merge_with_backbone(backbone, head):
     if opset.get("", OPSET) != OPSET:
         del head.opset_import[:]
         head.opset_import.extend([helper.make_opsetid("", opset[""])])
-    return compose.merge_models(backbone, head, io_map=[("features", "features")],
-                                outputs=[o.name for o in head.graph.output])
+    merged = compose.merge_models(backbone, head, io_map=[("features", "features")],
+                                  outputs=[o.name for o in head.graph.output])
+    opsets = {o.domain: o.version for o in merged.opset_import}  # merge_models lists the default twice
+    del merged.opset_import[:]
+    merged.opset_import.extend(helper.make_opsetid(domain, version) for domain, version in opsets.items())
+    return merged

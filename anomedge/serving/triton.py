@@ -9,7 +9,7 @@ reduction) and every threshold are applied by the client from ``metadata.json``;
   ``model.py``, the artifact folder copied beside it and sha256-verified at load). Works on any
   Triton, CPU-only included; its Python needs ``anomedge`` (numpy < 2 for Triton ≤ 2.5x, issue #8301).
 - ``onnx``: the whole detector as one ONNX graph (backbone + kNN / Mahalanobis head + map, built by
-  ``export.scoring_head``) for Triton's onnxruntime backend (optionally its TensorRT accelerator),
+  ``scoring.graph``) for Triton's onnxruntime backend (optionally its TensorRT accelerator),
   with the artifact's ``metadata.json`` beside it.
 
 Layout: ``REPO/<name>/config.pbtxt`` + ``REPO/<name>/<version>/…`` (python form; ``<name>_onnx`` for
@@ -144,7 +144,7 @@ def _onnx_form(artifact: Artifact, version_dir: Path, options: ServingOptions,
     try:
         import onnx
 
-        from ..export.scoring_head import build_head, merge_with_backbone
+        from ..scoring.graph import build_head, merge_with_backbone
     except ImportError as exc:
         raise InputError("the onnx form builds one graph with onnx: pip install 'anomedge[export]'") from exc
     kind = artifact.metadata.scoring.get("graph_of", artifact.metadata.scoring.get("kind"))

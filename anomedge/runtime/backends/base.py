@@ -9,13 +9,14 @@ four stages from ``stages()``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
 
 from ...artifact import Artifact
 from ...errors import InputError
+from ..precisions import check_precision
 
 
 @dataclass(frozen=True)
@@ -32,17 +33,42 @@ class Stages:
     postprocess: Callable[[Any], tuple[np.ndarray, np.ndarray]]
 
 
+@dataclass(frozen=True)
+class BackendOptions:
+    """Options every backend takes; a backend subclasses this with its own fields.
+
+    threads: CPU threads (None: the library's default; GPU backends have none to set); model_file: the
+    ONNX to run (graph placement); precision: a column of ``runtime.precisions.PRECISIONS`` (None: the
+    backend's default). The host kNN kernel is the pipeline's choice (``Inspector(knn_kernel=…)``).
+    """
+
+    threads: int | None = None
+    model_file: str | None = None
+    precision: str | None = None
+
+    @classmethod
+    def parse(cls, backend: str, options: Mapping[str, Any]) -> "BackendOptions":
+        """The options of ``backend``; InputError naming an unknown key (never guessed) or precision."""
+        valid = [f.name for f in fields(cls)]
+        unknown = [key for key in options if key not in valid]
+        if unknown:
+            raise InputError(f"backend {backend} has no option '{unknown[0]}'; valid options: {', '.join(valid)}")
+        check_precision(backend, options.get("precision"))
+        return cls(**options)
+
+
 class Backend(ABC):
-    """Base class of every backend; subclasses set ``name`` and ``install_hint`` and implement hooks."""
+    """Base class of every backend; subclasses set ``name``, ``install_hint``, ``Options`` and hooks."""
 
     name: ClassVar[str]
     install_hint: ClassVar[str] = ""
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
 
     def __init__(self, artifact: Artifact, device: str = "auto", **options: Any):
         self.artifact = artifact
         self.device = device
-        self.options = options
-        self.precision = "fp32"
+        self.options = self.Options.parse(self.name, options)
+        self.precision = self.options.precision or "fp32"
 
     @classmethod
     def check_available(cls) -> None:

@@ -10,12 +10,13 @@ the graph is reshaped to batch 1 there.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...errors import BackendUnavailable, InputError
-from .base import Backend
+from .base import Backend, BackendOptions
 
 DEVICES = ("CPU", "GPU", "NPU", "AUTO")
 # anomedge precision name → OpenVINO element type name for INFERENCE_PRECISION_HINT.
@@ -38,9 +39,17 @@ def recorded_precision(artifact) -> str:
     return normalise_precision(value) if str(value).lower() in {**PRECISIONS, **ALIASES} else "fp32"
 
 
+@dataclass(frozen=True)
+class OpenVinoOptions(BackendOptions):
+    """performance_hint: OpenVINO's PERFORMANCE_HINT (LATENCY|THROUGHPUT)."""
+
+    performance_hint: str = "LATENCY"
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     install_hint = "pip install 'anomedge[openvino]'   (or: pip install openvino)"
+    Options = OpenVinoOptions
 
     @classmethod
     def check_available(cls) -> None:
@@ -49,14 +58,14 @@ class OpenVinoBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"OpenVINO is not installed: {cls.install_hint}") from exc
 
-    def __init__(self, artifact, device: str = "auto", threads: int | None = None,
-                 model_file: str = "model.onnx", precision: str | None = None,
-                 performance_hint: str = "LATENCY", **options: Any):
+    def __init__(self, artifact, device: str = "auto", **options: Any):
+        if options.get("precision"):  # f32 / f16 spellings → the precision table's names
+            options["precision"] = normalise_precision(options["precision"])
         super().__init__(artifact, device, **options)
-        self.threads = threads
-        self.model_file = model_file
-        self.precision = normalise_precision(precision) if precision else recorded_precision(artifact)
-        self.performance_hint = performance_hint
+        self.threads = self.options.threads
+        self.model_file = self.options.model_file or "model.onnx"
+        self.precision = self.options.precision or recorded_precision(artifact)
+        self.performance_hint = self.options.performance_hint
         self.compiled = None
         self.request = None
 

@@ -47,9 +47,9 @@ class TorchReference(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"the PyTorch reference needs torch and timm: {cls.install_hint}") from exc
 
-    def __init__(self, artifact, device: str = "auto", threads: int | None = None, **options: Any):
-        super().__init__(artifact, device, **options)
-        self.threads = threads
+    def __init__(self, artifact, device: str = "auto", **options: Any):
+        super().__init__(artifact, device, **options)  # precision: fp32 only (runtime.precisions)
+        self.threads = self.options.threads
         self.module = None
 
     def open(self) -> None:
@@ -59,17 +59,21 @@ class TorchReference(Backend):
 
         if self.threads:
             torch.set_num_threads(self.threads)
+        # device auto|cpu, or cuda[:N] for the network (scoring and postprocessing stay on the CPU).
+        self.torch_device = torch.device("cpu" if self.device in ("auto", "cpu") else self.device)
+        if self.torch_device.type == "cuda" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"torch device {self.device}: torch.cuda.is_available() is False here")
         meta = self.artifact.metadata
-        self.module = get_detector(meta.detector).build_graph(meta.model, self.artifact).eval()
+        self.module = get_detector(meta.detector).build_graph(meta.model, self.artifact).eval().to(self.torch_device)
         self.output_names = list(meta.outputs["names"])
 
     def _forward(self, batch):
         import torch
 
         with torch.inference_mode():
-            out = self.module(batch)
+            out = self.module(batch.to(self.torch_device))
         out = out if isinstance(out, (tuple, list)) else (out,)
-        return dict(zip(self.output_names, out))
+        return {name: value.cpu() for name, value in zip(self.output_names, out)}
 
     def _infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import torch
