@@ -75,6 +75,19 @@ def test_edge_images_install_no_torch(name):
     assert not [d for d in base if d.lower().startswith(("torch", "timm"))], "the base install must stay torch-free"
 
 
+@pytest.mark.parametrize("name", ["Dockerfile.runtime", "Dockerfile.jetson"])
+def test_edge_images_resolve_the_base_install_with_pip(name):
+    """numpy / OpenCV / onnxruntime / click come from pip within pyproject's floors: no Ubuntu python3-numpy
+    or python3-opencv under a --no-deps install (Ubuntu 22.04's numpy 1.21.5 is below the floor), and the
+    build imports the runtime, so an image that cannot start fails to build."""
+    runs = " ".join(args for keyword, args in instructions(DOCKER / name) if keyword == "RUN")
+    assert not re.search(r"python3-(numpy|opencv)", runs)
+    installs = [c for c in re.findall(r"pip3? install[^&;]*", runs) if re.search(r"\s\.(\s|$)|anomedge-\*\.whl", c)]
+    assert installs, "anomedge itself is not pip-installed"
+    assert not [c for c in installs if "--no-deps" in c], installs
+    assert "import anomedge.runtime.pipeline, anomedge.runtime.sources" in runs
+
+
 def test_compose_parses_and_maps_devices():
     yaml = pytest.importorskip("yaml", reason="PyYAML is not installed")
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())

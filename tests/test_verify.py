@@ -196,3 +196,17 @@ def test_an_old_artifact_is_upgraded_in_place(artifact_copy, elpv_paths):
     assert artifact.has("knn.onnx") and golden(artifact) is not None
     result = CliRunner().invoke(ad_verify, [str(artifact_copy), "--knn-kernel", "onnxruntime"])
     assert result.exit_code == 0 and " pass" in result.output, result.output
+
+
+def test_a_flat_map_is_compared_relative_to_its_level():
+    """Global baselines broadcast their score: a map flat to float32 rounding is held to the map tolerance
+    relative to its level (the 1e-6-of-level fallback failed every global_knn / kmeans artifact)."""
+    from anomedge.runtime.verify import parity
+
+    ref = np.full((2, 8, 8), 20.0, np.float32)
+    ref[:, 0, 0] += 3.8e-6  # one ulp of ptp, as the reference writes it
+    scores = ref.max(axis=(1, 2))
+    near = parity(scores, ref, scores * (1 + 2e-6), ref * np.float32(1 + 2e-6), None)
+    assert near.max_map_diff < 1e-5
+    off = parity(scores, ref, scores, ref * np.float32(1.01), None)
+    assert abs(off.max_map_diff - 0.01) < 1e-4

@@ -32,7 +32,24 @@ MAX_BYTES_PER_PIXEL = 16  # uncompressed 4 × float32: a file larger than budget
 FORMATS = "PNG, JPEG, BMP, TIFF, WebP, PGM/PPM"
 _PERMANENT_ERRNO = {errno.EISDIR, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG, errno.EINVAL}
 
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+_LOG_LEVEL_ERROR = 2  # cv::utils::logging::LOG_LEVEL_ERROR, the same number in OpenCV 4 and 5
+
+
+def quiet_opencv_logging() -> None:
+    """Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
+
+    OpenCV 5 has ``cv2.utils.logging.setLogLevel``, OpenCV 4.x only ``cv2.setLogLevel``; both take the
+    same level numbers. A user who sets OPENCV_LOG_LEVEL keeps that level.
+    """
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    set_level = getattr(api, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    if set_level is not None:
+        set_level(getattr(api, "LOG_LEVEL_ERROR", _LOG_LEVEL_ERROR))
+
+
+quiet_opencv_logging()
 
 
 class ImageError(InputError):

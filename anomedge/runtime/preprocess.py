@@ -8,18 +8,12 @@ antialias — the same as ``torch.nn.functional.interpolate(..., align_corners=F
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 
 from ..artifact import InputSpec
 from ..errors import InputError
-from .imageio import read_image  # noqa: F401  (decoding lives in imageio: pixel budget, typed errors)
-
-# Decoding problems are reported in the decision record; OpenCV's own warnings would only add noise.
-# OpenCV 5 has cv2.utils.logging; 4.x (the numpy < 2 builds) only cv2.setLogLevel. 2 = LOG_LEVEL_ERROR in both.
-_logging = getattr(cv2.utils, "logging", None)
-_logging.setLogLevel(_logging.LOG_LEVEL_ERROR) if _logging is not None else cv2.setLogLevel(2)
+from .imageio import read_image  # noqa: F401  (decoding lives in imageio: pixel budget, typed errors, OpenCV's log level)
 
 _INTERPOLATION = {"bilinear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "bicubic": cv2.INTER_CUBIC}
 _DEPTH_SCALE = {np.dtype(np.uint8): 1.0, np.dtype(np.uint16): 255.0 / 65535.0}

@@ -40,7 +40,8 @@ from .imageio import DEFAULT_MAX_PIXELS, ImageError, decode_image, max_file_byte
 
 log = logging.getLogger("anomedge.source")
 # FFmpeg's own messages (stream timeouts, HTTP errors) would only add noise: disconnects are logged
-# here and counted; set OPENCV_FFMPEG_LOGLEVEL yourself to see them.
+# here and counted; set OPENCV_FFMPEG_LOGLEVEL yourself to see them. OpenCV reads it from 4.5.5 on;
+# 4.5.4 (Ubuntu 22.04's) has no such switch and prints FFmpeg's errors: noise only, never a failure.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".webm", ".wmv", ".flv", ".ts",

@@ -57,8 +57,10 @@ def parity(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, map
     """(N,) scores and (N,H,W) maps vs the reference's; agreement 1.0 when there is no threshold."""
     rel = np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)
     flat = ref_maps.reshape(len(ref_maps), -1)
-    # relative to the map's range; a constant map (global detectors) falls back to 1e-6 of its level
-    ranges = np.maximum(np.ptp(flat, axis=1), np.maximum(1e-6 * np.abs(flat).max(axis=1), 1e-12))
+    # relative to the map's range; a flat map (global detectors broadcast their score: flat to float32
+    # rounding, ptp ≈ 2e-7 of the level) relative to its level, i.e. held to the tolerance like a score
+    ptp, level = np.ptp(flat, axis=1), np.abs(flat).max(axis=1)
+    ranges = np.where(ptp > 1e-4 * level, ptp, np.maximum(level, 1e-12))
     map_diff = np.abs(maps - ref_maps).reshape(len(maps), -1).max(axis=1) / ranges
     agree = 1.0 if threshold is None else float(np.mean((scores > threshold) == (ref_scores > threshold)))
     return Parity(float(rel.max()), float(map_diff.max()), agree, len(scores))
