@@ -2,7 +2,7 @@
 
 Tolerances: kNN with exact refinement — 1e-5 relative + 1e-5 absolute (float32 GEMM vs float64);
 without refinement — 1e-3 absolute on distances ~10 (cancellation of the expanded formula);
-anomaly maps — 1e-4 of the map range vs runtime.postprocess (cv2 resize + blur).
+anomaly maps — 1e-4 of the map range vs scoring.postprocess (cv2 resize + blur).
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ class TritonBackend(Backend):
 
     def stages(self) -> Stages:
         """Preprocess here, score on the server, reduce + keep its map here (same functions as local)."""
-        from ..postprocess import image_scores
+        from ...scoring.postprocess import image_scores
         from ..preprocess import preprocess
 
         meta = self.artifact.metadata
