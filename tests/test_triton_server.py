@@ -136,7 +136,7 @@ def test_client_refuses_another_artifact_and_unknown_models(server, tiny_artifac
     from anomedge.runtime.backends.triton import TritonBackend
 
     meta = tiny_artifact.metadata
-    other = Artifact(tiny_artifact.root, dataclasses.replace(meta, files={**meta.files, "extra.npy": "0" * 64}))
+    other = Artifact(tiny_artifact.root, dataclasses.replace(meta, spec_sha256={**meta.spec_sha256, "files": "0" * 64}))
     with pytest.raises(ArtifactError, match="serves artifact"):
         TritonBackend(other, url=server.http_url).open()
     with pytest.raises(BackendUnavailable, match="'nope' is not ready"):
