@@ -299,8 +299,10 @@ def _check_scoring(scoring: dict[str, Any], files: dict[str, str]) -> None:
         _num(scoring.get("map_sigma", 0.0), "scoring.map_sigma", 0.0, MAX_SIGMA)
 
 
-def _check_postprocess(post: dict[str, Any]) -> None:
+def _check_postprocess(post: dict[str, Any], files: dict[str, str]) -> None:
     _num(post.get("blur_sigma"), "postprocess.blur_sigma", 0.0, MAX_SIGMA)
+    if "ignore_mask" in post:  # (H,W) uint8 at model resolution: scoring.mask
+        _ref(post["ignore_mask"], "postprocess.ignore_mask", files)
     reduction = _dict(post.get("reduction"), "postprocess.reduction")
     name = _str(reduction.get("name"), "postprocess.reduction.name", tuple(REDUCTIONS))
     params = REDUCTIONS[name]
@@ -369,7 +371,7 @@ def check_metadata(raw: Any) -> None:
     _check_input(_dict(raw["input"], "input"))
     _check_outputs(_dict(raw["outputs"], "outputs"))
     _check_scoring(_dict(raw["scoring"], "scoring"), files)
-    _check_postprocess(_dict(raw["postprocess"], "postprocess"))
+    _check_postprocess(_dict(raw["postprocess"], "postprocess"), files)
     _check_model(_dict(raw["model"], "model"), files)
     check_thresholds(raw.get("thresholds", {}))
     for key, value in _dict(raw.get("versions", {}), "versions").items():

@@ -133,6 +133,12 @@ class Runner:
     def heat_range(self) -> tuple[float, float]:
         return self.decision.heat_range
 
+    @property
+    def ignored(self) -> np.ndarray | None:
+        """(H,W) bool, the artifact's ignore mask at model resolution (overlays hatch it), or None."""
+        mask = getattr(self.inspector, "ignore_mask", None)
+        return None if mask is None else mask.pixels
+
     def refresh_decision(self) -> None:
         """At a frame boundary: switch to re-calibrated thresholds if metadata.json changed (one stat)."""
         if self.watch is None:
@@ -200,7 +206,7 @@ class Runner:
 
     def _save(self, record: dict[str, Any], image: np.ndarray, full: np.ndarray | None, decision: Decision) -> None:
         try:
-            path = self.evidence.save(image, full, record, *decision.heat_range)
+            path = self.evidence.save(image, full, record, *decision.heat_range, ignored=self.ignored)
         except (OSError, AnomedgeError) as exc:  # a full disk must not stop the line: say it in the record
             record["evidence_error"] = str(exc)
             return

@@ -182,7 +182,8 @@ class LiveView:
     def render(self, record: dict[str, Any], image: np.ndarray, small_map: np.ndarray | None) -> np.ndarray:
         """The frame with heatmap overlay, boxes and a readable label (BGR uint8)."""
         if small_map is not None:
-            picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range)
+            picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range,
+                           self.runner.ignored)
         else:
             from ..overlay import overlay
             picture = overlay(image, np.zeros(image.shape[:2], np.float32), 0, 1, alpha=0)
@@ -228,7 +229,8 @@ class LiveView:
             return self.api_requests
 
     def overlay_png(self, record: dict[str, Any], image: np.ndarray, small_map: np.ndarray) -> bytes:
-        picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range)
+        picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range,
+                           self.runner.ignored)
         return cv2.imencode(".png", picture)[1].tobytes()
 
     def login_page(self) -> bytes:
