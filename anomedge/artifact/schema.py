@@ -40,6 +40,7 @@ MAX_SIGMA = 64.0  # blur / map sigma in pixels: the kernel has 8σ+1 taps
 MAX_K = 1024
 MAX_ROWS = 1 << 30
 MAX_FILES = 256
+MAX_DRIFT_SAMPLE = 1000  # thresholds.drift.scores (runtime.drift keeps at most 500)
 
 COLORS = ("RGB", "BGR", "GRAY")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
@@ -341,6 +342,15 @@ def check_thresholds(thresholds: Any) -> None:
         if block.get(sub) is not None:
             for key, value in _dict(block[sub], f"thresholds.{sub}").items():
                 _opt_num(value, f"thresholds.{sub}.{key}", fix)
+    if block.get("drift") is not None:  # runtime.drift: good-score sample + input-statistic bands
+        drift = _dict(block["drift"], "thresholds.drift")
+        for i, value in enumerate(_list(drift.get("scores", []), "thresholds.drift.scores", max_len=MAX_DRIFT_SAMPLE)):
+            _num(value, f"thresholds.drift.scores[{i}]", -1e30, 1e30)
+        for name, stat in _dict(drift.get("inputs", {}), "thresholds.drift.inputs").items():
+            stat = _dict(stat, f"thresholds.drift.inputs.{name}")
+            _num(stat.get("median"), f"thresholds.drift.inputs.{name}.median", -1e30, 1e30)
+            for i, v in enumerate(_list(stat.get("band"), f"thresholds.drift.inputs.{name}.band", 2)):
+                _num(v, f"thresholds.drift.inputs.{name}.band[{i}]", -1e30, 1e30)
 
 
 def _check_files(files: dict[str, Any]) -> None:
