@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -15,12 +16,15 @@ from anomedge.artifact import Artifact
 from anomedge.calibrate.apply import calibrate
 from anomedge.runtime.drift import (DriftWatch, calibration_block, input_stats, ks_critical, ks_statistic, psi,
                                     wilson)
+from anomedge.runtime.outputs import WebhookOutput
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.runner import Runner
+from anomedge.runtime.serve import LiveView
 from anomedge.runtime.serve.view import drift_metrics
 from anomedge.runtime.sources import Frame
 
 from conftest import elpv_image_paths
+from serve_util import body_of, request
 
 
 def test_statistics_reference_values():
@@ -58,6 +62,18 @@ def test_watch_stays_quiet_in_distribution_and_alarms_on_a_score_shift():
     assert 5 <= first <= 60 and "score" in alarms[-1]["checks"]
 
 
+def test_drift_block_is_schema_checked(graph_artifact):
+    from anomedge.artifact.schema import SchemaError
+
+    with pytest.raises(SchemaError, match=r"thresholds.drift.scores\[1\] is nan"):
+        with Artifact.edit(graph_artifact) as edit:
+            edit.meta["thresholds"]["drift"] = {"scores": [1.0, float("nan")]}
+    with pytest.raises(SchemaError, match=r"thresholds.drift.inputs.focus.band is \[1.0\], expected a list of 2"):
+        with Artifact.edit(graph_artifact) as edit:
+            edit.meta["thresholds"]["drift"] = {"scores": [1.0], "inputs": {"focus": {"median": 1.0, "band": [1.0]}}}
+    assert "drift" not in Artifact.load(graph_artifact).metadata.thresholds  # nothing written
+
+
 @pytest.fixture(scope="module")
 def calibrated(tiny_artifact, tmp_path_factory):
     """tiny_artifact's copy calibrated (quantile) on 100 held-out ELPV cells; 100 more to stream."""
@@ -93,10 +109,20 @@ def test_real_shift_raises_the_alarm_after_it_not_before(calibrated, caplog, shi
     assert not any("drift" in r for r in before)
     alarmed = [i for i, r in enumerate(after) if "drift" in r]
     assert alarmed and alarmed[0] <= 60 and check in after[-1]["drift"]["checks"]
+    assert [i for i, r in enumerate(records) if "drift_event" in r][:1] == [100 + alarmed[0]]
+    only_ng = SimpleNamespace(only_ng=True)  # the webhook's filter, without starting its sender thread
+    assert WebhookOutput.wanted(only_ng, after[alarmed[0]])  # the alarm record is sent, NG or not
+    assert not any("drift_event" in r for r in before)
     assert check in after[-1]["drift"].get("inputs", {})
     warnings = [m for m in caplog.messages if "out of the calibration band" in m]
     assert len(warnings) >= 1 and f"at frame {100 + alarmed[0]}" in warnings[0]
-    status = runner.drift.status()
-    assert status["alarm"] and status["alarms"] >= 1
-    text = "\n".join(drift_metrics(status))
-    assert f'anomedge_drift_alarm{{check="{check}"}} 1' in text and "anomedge_drift_score_ks " in text
+    view = LiveView(runner, {"artifact": "tiny", "backend": "onnxruntime"}, "127.0.0.1", 0).start()
+    try:  # the real server: /api/status and /metrics
+        status = body_of(request(view.port, "GET", "/api/status"))["drift"]
+        metrics = request(view.port, "GET", "/metrics").decode()
+    finally:
+        view.close()
+    assert status["alarm"] and status["alarms"] >= 1 and check in status["in_alarm"]
+    assert status["inputs"][check]["median"] < status["inputs"][check]["band"][0]  # darker / blurrier
+    assert f'anomedge_drift_alarm{{check="{check}"}} 1' in metrics and "anomedge_drift_score_ks " in metrics
+    assert metrics == metrics.rstrip("\n") + "\n" and "\n".join(drift_metrics(runner.drift.status())) in metrics

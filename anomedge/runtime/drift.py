@@ -20,7 +20,8 @@ the editable thresholds block (it describes the calibration, not the model) and 
 
 ``update`` returns the alarm dict (``{"checks": [...], ...}``) while any check is in alarm, else None: the
 runner puts it into the record as ``drift`` (only then: records stay small) and logs one warning line when
-the alarm starts and one when it ends. ``status()`` is every figure, for ``/api/status`` and ``/metrics``.
+the alarm starts and one when it ends, and marks those two records ``drift_event`` "alarm" / "clear" (the
+webhook and MQTT outputs send them, NG or not). ``status()`` is every figure, for ``/api/status`` and ``/metrics``.
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ class DriftWatch:
         self.threshold: float | None = None
         self.alarm: dict[str, Any] | None = None
         self.alarms = 0  # alarms raised so far
+        self.event: str | None = None  # "alarm" / "clear" on the frame where the alarm starts / ends
         self._status: dict[str, Any] = {"frames": 0, "alarm": False}
 
     @classmethod
@@ -130,6 +132,7 @@ class DriftWatch:
         status = self._judge()
         was = self.alarm is not None
         self.alarm = _alarm(status) if status["in_alarm"] else None
+        self.event = "alarm" if self.alarm and not was else "clear" if was and not self.alarm else None
         if self.alarm and not was:
             self.alarms += 1
             log.warning("drift: %s out of the calibration band at frame %s (%s)", ", ".join(self.alarm["checks"]),

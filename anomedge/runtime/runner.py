@@ -11,7 +11,8 @@ label OK/NG/ERROR, threshold (in force for this frame), ``ms`` per stage (+ ``to
 ``evidence_ms``), ``dropped`` (frames dropped by the capture queue so far), ``error`` (why, for
 ERROR) and, for NG, ``boxes`` ([x, y, w, h] in frame pixels, of the map thresholded at the pixel
 threshold) and ``overlay`` (the saved PNG) when evidence is saved; ``drift`` (the checks in alarm and
-their figures, ``runtime.drift``) only while the drift watch is in alarm.
+their figures, ``runtime.drift``) only while the drift watch is in alarm, and ``drift_event`` ("alarm" /
+"clear") on the frame where an alarm starts / ends.
 
 ``Runner(inspector, sinks, ...)`` owns the loop, the ``Summary`` (shared with the live view) and a lock
 so that the live view's ``POST /api/inspect`` can use the same inspector and sinks. Between frames it
@@ -240,6 +241,8 @@ class Runner:
                 alarm = self.drift.update(record, image)
                 if alarm is not None:
                     record["drift"] = alarm
+                if self.drift.event is not None:  # the webhook / MQTT outputs send these records
+                    record["drift_event"] = self.drift.event
             self.emit(record)
             self.summary.count(record)
         for observer in self.observers:
