@@ -51,7 +51,7 @@ def write_mask(root: str | Path, mask) -> float:
     root = Path(root)
     with Artifact.edit(root) as edit:
         spec = edit.artifact.metadata.input
-        pixels = check_mask(np.asarray(mask), (spec.height, spec.width), "the mask")
+        pixels = check_mask(np.asarray(mask), (spec.height, spec.width), "the ignore mask")
         buffer = io.BytesIO()
         np.save(buffer, pixels.astype(np.uint8), allow_pickle=False)
         name = f"ignore_mask_{hashlib.sha256(buffer.getvalue()).hexdigest()[:12]}.npy"
@@ -115,7 +115,11 @@ def main(artifact, set_png, polygons, clear, template):
     if template:
         gold = loaded.metadata.model.get("golden")
         frame = loaded.array(gold.get("frames", "golden_frames.npy"))[0] if gold else np.zeros((spec.height, spec.width, 3), np.uint8)
-        if not cv2.imwrite(template, frame):
+        try:
+            written = cv2.imwrite(template, frame)
+        except cv2.error:  # an extension OpenCV cannot write
+            written = False
+        if not written:
             raise InputError(f"--template {template}: cannot write a PNG there; give a writable path ending in .png")
         click.echo(f"wrote {template} ({spec.width}×{spec.height}): paint the regions to ignore white, the rest black")
         return

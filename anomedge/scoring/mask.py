@@ -60,13 +60,13 @@ def check_mask(array: np.ndarray, size: tuple[int, int], where: str, error: type
     ignores everything."""
     height, width = size
     if array.ndim != 2 or array.shape != (height, width):
-        raise error(f"{where}: mask is {'×'.join(map(str, array.shape[::-1]))} px, expected {width}×{height} "
+        raise error(f"{where} is {'×'.join(map(str, array.shape[::-1]))} px, expected {width}×{height} "
                     "(the model input); draw it at model resolution (ad-mask --template writes one)")
     if array.dtype not in (np.uint8, np.bool_):
-        raise error(f"{where}: mask dtype {array.dtype}, expected uint8 (0 = inspect, non-zero = ignore)")
+        raise error(f"{where} has dtype {array.dtype}, expected uint8 (0 = inspect, non-zero = ignore)")
     pixels = array.astype(bool)
     if pixels.all():
-        raise error(f"{where}: the mask ignores every pixel; nothing would be inspected")
+        raise error(f"{where} ignores every pixel; nothing would be inspected")
     return pixels
 
 
