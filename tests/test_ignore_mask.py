@@ -135,3 +135,21 @@ def _corner_mask() -> np.ndarray:
     mask = np.zeros((64, 64), np.uint8)
     mask[:37, :37] = 1
     return mask
+
+
+def test_graph_placement_applies_the_same_mask(artifact_copy, elpv_paths):
+    """Placement graph (scoring inside model.graph.onnx) hands patch scores to the same masked postprocess."""
+    pytest.importorskip("onnx")
+    from anomedge.export.writer import add_graph_placement
+
+    add_graph_placement(artifact_copy)
+    write_mask(artifact_copy, _corner_mask())
+    frames = [_with_defect(p, (60, 60)) for p in elpv_paths[20:23]]
+    artifact = Artifact.load(artifact_copy)
+    with Inspector(artifact, "onnxruntime", placement="host", knn_kernel="numpy") as host, \
+            Inspector(artifact, "onnxruntime", placement="graph") as graph:
+        h, g, plain = host.inspect(frames), graph.inspect(frames), graph.inspect(frames, ignore_mask=False)
+    np.testing.assert_allclose(g.scores, h.scores, rtol=1e-4)
+    assert np.abs(g.maps - h.maps).max() <= 1e-4 * float(np.ptp(h.maps))
+    assert np.all(g.maps[:, :37, :37] == 0) and np.all(plain.maps[:, :37, :37] > 0)
+    assert np.all(g.scores < plain.scores)  # the corner defect no longer counts
