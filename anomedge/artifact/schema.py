@@ -40,6 +40,7 @@ MAX_SIGMA = 64.0  # blur / map sigma in pixels: the kernel has 8σ+1 taps
 MAX_K = 1024
 MAX_ROWS = 1 << 30
 MAX_FILES = 256
+MAX_DRIFT_SAMPLE = 1000  # thresholds.drift.scores (runtime.drift keeps at most 500)
 
 COLORS = ("RGB", "BGR", "GRAY")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
@@ -299,8 +300,10 @@ def _check_scoring(scoring: dict[str, Any], files: dict[str, str]) -> None:
         _num(scoring.get("map_sigma", 0.0), "scoring.map_sigma", 0.0, MAX_SIGMA)
 
 
-def _check_postprocess(post: dict[str, Any]) -> None:
+def _check_postprocess(post: dict[str, Any], files: dict[str, str]) -> None:
     _num(post.get("blur_sigma"), "postprocess.blur_sigma", 0.0, MAX_SIGMA)
+    if "ignore_mask" in post:  # (H,W) uint8 at model resolution: scoring.mask
+        _ref(post["ignore_mask"], "postprocess.ignore_mask", files)
     reduction = _dict(post.get("reduction"), "postprocess.reduction")
     name = _str(reduction.get("name"), "postprocess.reduction.name", tuple(REDUCTIONS))
     params = REDUCTIONS[name]
@@ -339,6 +342,15 @@ def check_thresholds(thresholds: Any) -> None:
         if block.get(sub) is not None:
             for key, value in _dict(block[sub], f"thresholds.{sub}").items():
                 _opt_num(value, f"thresholds.{sub}.{key}", fix)
+    if block.get("drift") is not None:  # runtime.drift: good-score sample + input-statistic bands
+        drift = _dict(block["drift"], "thresholds.drift")
+        for i, value in enumerate(_list(drift.get("scores", []), "thresholds.drift.scores", max_len=MAX_DRIFT_SAMPLE)):
+            _num(value, f"thresholds.drift.scores[{i}]", -1e30, 1e30)
+        for name, stat in _dict(drift.get("inputs", {}), "thresholds.drift.inputs").items():
+            stat = _dict(stat, f"thresholds.drift.inputs.{name}")
+            _num(stat.get("median"), f"thresholds.drift.inputs.{name}.median", -1e30, 1e30)
+            for i, v in enumerate(_list(stat.get("band"), f"thresholds.drift.inputs.{name}.band", 2)):
+                _num(v, f"thresholds.drift.inputs.{name}.band[{i}]", -1e30, 1e30)
 
 
 def _check_files(files: dict[str, Any]) -> None:
@@ -369,7 +381,7 @@ def check_metadata(raw: Any) -> None:
     _check_input(_dict(raw["input"], "input"))
     _check_outputs(_dict(raw["outputs"], "outputs"))
     _check_scoring(_dict(raw["scoring"], "scoring"), files)
-    _check_postprocess(_dict(raw["postprocess"], "postprocess"))
+    _check_postprocess(_dict(raw["postprocess"], "postprocess"), files)
     _check_model(_dict(raw["model"], "model"), files)
     check_thresholds(raw.get("thresholds", {}))
     for key, value in _dict(raw.get("versions", {}), "versions").items():

@@ -20,6 +20,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import InputError
 from ..runtime.decision import Decision
+from ..runtime.drift import calibration_block, input_stats
 from ..runtime.imageio import DEFAULT_MAX_PIXELS, read_image
 from ..runtime.pipeline import Inspector
 from .metrics import f1_max
@@ -32,13 +33,14 @@ HISTORY_LIMIT = 20
 @dataclass
 class Scored:
     """Scores (N,) and maps (N,H,W) of readable images; ``skipped`` lists (path, reason) of the others;
-    ``sizes`` the (height, width) of each kept image."""
+    ``sizes`` the (height, width) of each kept image; ``stats`` (N,3) their ``runtime.drift.input_stats``."""
 
     paths: list[Path]
     scores: np.ndarray
     maps: np.ndarray
     skipped: list[tuple[str, str]]
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    stats: np.ndarray | None = None
 
 
 MAX_SKIPPED_SHARE = 0.5
@@ -53,7 +55,7 @@ def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = D
     ``progress``: None = a bar on a tty / a few lines when piped (anomedge.progress), False = silent."""
     from ..progress import steps
 
-    kept, scores, maps, skipped, sizes = [], [], [], [], []
+    kept, scores, maps, skipped, sizes, stats = [], [], [], [], [], []
     for path in steps(paths, len(paths), desc, progress):
         try:
             frame = read_image(path, max_pixels)
@@ -66,6 +68,7 @@ def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = D
             continue
         kept.append(Path(path))
         sizes.append(frame.shape[:2])
+        stats.append(input_stats(frame))
         scores.append(result.scores[0])
         maps.append(result.maps[0])
     if not kept:
@@ -73,7 +76,7 @@ def score_paths(inspector: Inspector, paths: Sequence[Path], max_pixels: int = D
     if len(skipped) > MAX_SKIPPED_SHARE * len(paths):
         raise InputError(f"{len(skipped)} of {len(paths)} images could not be used (first: {skipped[0][1]}); "
                          "fix or remove them, or check that the folder is the right one")
-    return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped, sizes)
+    return Scored(kept, np.asarray(scores, np.float32), np.stack(maps), skipped, sizes, np.stack(stats))
 
 
 def read_masks(mask_paths: Sequence[Path | None], shape: tuple[int, int],
@@ -124,6 +127,7 @@ def calibrate(artifact_dir: str | Path, good: Sequence[Path], method: str = "qua
         block = _thresholds_block(edit.artifact, good, method, val, backend, params, max_pixels, precision, current)
         old = dict(current)
         old.pop("variants", None)
+        old.pop("drift", None)  # the sample describes the calibration in force only: history stays small
         history = old.pop("history", [])
         block["history"] = ([old] + history)[:HISTORY_LIMIT] if old else history
         if precision == "fp32":
@@ -167,6 +171,8 @@ def _thresholds_block(artifact: Artifact, good: Sequence[Path], method: str, val
         "normalization": fit_normalizer(good_scores, result.value, all_scores).to_dict(),
         "pixel": pixel,
         "calibrated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # what the drift watch (runtime.drift) compares the line against: good scores + input statistics
+        "drift": calibration_block(good_scores, good_scored.stats if good_scored else None),
     }
     if pixel_note:
         block["pixel_note"] = pixel_note

@@ -42,9 +42,10 @@ def regions(full_map: np.ndarray, threshold: float, min_area: int = 4) -> list[l
     return [[int(s[0]), int(s[1]), int(s[2]), int(s[3])] for s in boxes]
 
 
-def draw(frame: np.ndarray, full_map: np.ndarray, boxes: list[list[int]], low: float, high: float) -> np.ndarray:
-    """(H,W,3) uint8 BGR: heatmap blended on the frame, ``boxes`` drawn in red."""
-    image = overlay(frame, full_map, low, high)
+def draw(frame: np.ndarray, full_map: np.ndarray, boxes: list[list[int]], low: float, high: float,
+         ignored: np.ndarray | None = None) -> np.ndarray:
+    """(H,W,3) uint8 BGR: heatmap blended on the frame, ``boxes`` drawn in red, ``ignored`` hatched."""
+    image = overlay(frame, full_map, low, high, ignored=ignored)
     thickness = max(1, round(max(image.shape[:2]) / 300))
     for x, y, w, h in boxes:
         cv2.rectangle(image, (x, y), (x + w - 1, y + h - 1), BOX_COLOUR, thickness)
@@ -74,12 +75,12 @@ class EvidenceWriter:
                              "choose a writable --save-ng folder") from exc
 
     def save(self, frame: np.ndarray, full_map: np.ndarray | None, record: dict[str, Any],
-             low: float, high: float) -> str | None:
+             low: float, high: float, ignored: np.ndarray | None = None) -> str | None:
         """Write the evidence for ``record``; returns the overlay path of an NG frame, else None."""
         stem = f"{_stem(str(record['source']))}_{int(record['index']):08d}"
         if record.get("label") == "NG" and full_map is not None:
             target = self.folder / f"{stem}_overlay.png"
-            self._write(target, draw(frame, full_map, record.get("boxes", []), low, high))
+            self._write(target, draw(frame, full_map, record.get("boxes", []), low, high, ignored))
             self._write(self.folder / f"{stem}_raw.png", frame)
             return str(target)
         if record.get("label") == "OK" and self.save_every:

@@ -2,7 +2,8 @@
 block the inspection loop: records go into a bounded queue, a worker thread sends them, and when the
 queue is full the record is dropped from that output and counted (the JSONL/CSV file still has it).
 
-- ``WebhookOutput(url, timeout_s=2, retries=2)``: HTTP POST of each NG record as JSON; retried with
+- ``WebhookOutput(url, timeout_s=2, retries=2)``: HTTP POST of each NG record (and of the record where a
+  drift alarm starts or ends: ``drift_event``, runtime.drift) as JSON; retried with
   back-off on connection errors / 5xx; ``sent``, ``failed``, ``dropped`` counters.
 - ``MqttOutput(host, port, topic)``: every record published as JSON (QoS 1) through paho-mqtt
   (optional: ``pip install paho-mqtt``); reconnects by itself.
@@ -84,7 +85,7 @@ class WebhookOutput(_QueuedOutput):
         super().__init__(maxsize)
 
     def wanted(self, record: dict[str, Any]) -> bool:
-        return record.get("label") == "NG" or not self.only_ng
+        return record.get("label") == "NG" or "drift_event" in record or not self.only_ng
 
     def _send(self, record: dict[str, Any]) -> bool:
         body = json.dumps(record).encode()
@@ -148,7 +149,7 @@ class MqttOutput(_QueuedOutput):
         super().__init__(maxsize)
 
     def wanted(self, record: dict[str, Any]) -> bool:
-        return record.get("label") == "NG" or not self.only_ng
+        return record.get("label") == "NG" or "drift_event" in record or not self.only_ng
 
     def _send(self, record: dict[str, Any]) -> bool:
         info = self.client.publish(self.topic, json.dumps(record), qos=self.qos)

@@ -3,7 +3,8 @@
 ``Inspector(artifact, backend="onnxruntime")`` composes the pipeline once: OpenCV preprocess → the
 backend (runs a graph: ``model.onnx`` / a precision variant for placement host, ``model.graph.onnx``
 for placement graph) → the scoring head (host kernel, or pass-through when the graph scored) →
-postprocess (maps, image score). The PyTorch reference brings its own torch stages. ``inspect(frames)``
+postprocess (maps, image score; under the artifact's ignore mask, ``scoring.mask``, when it has one).
+The PyTorch reference brings its own torch stages. ``inspect(frames)``
 returns an ``Inspection`` for the batch; ``decision`` (``runtime.decision.Decision``) holds the
 thresholds from metadata (or the ``threshold=`` override) and ``decide(score)`` applies it, failing
 closed (OK only for a finite score under a finite threshold). Thresholds never live in the graph.
@@ -20,6 +21,7 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import ArtifactError, InputError
 from ..scoring.heads import PassThroughHead, make_head
+from ..scoring.mask import IgnoreMask, load_ignore_mask, masked_postprocess
 from ..scoring.postprocess import anomaly_maps, image_scores
 from .backends.base import Backend, Stages
 from .decision import Decision, thresholds_for
@@ -74,7 +76,9 @@ def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel
     post = meta.postprocess
     size = (meta.input.height, meta.input.width)
 
-    def postprocess(patch_scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def postprocess(patch_scores: np.ndarray, mask: IgnoreMask | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if mask is not None:
+            return masked_postprocess(patch_scores, mask, size, post["blur_sigma"], post["reduction"])
         return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
 
     return Stages(lambda frames: preprocess(frames, meta.input), backend.infer, head, postprocess)
@@ -96,6 +100,7 @@ class Inspector:
                                                  threshold, where=f"{artifact.root}/metadata.json: ")
         self.artifact = artifact
         self.placement = placement
+        self.ignore_mask = load_ignore_mask(artifact)
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
         try:
@@ -127,13 +132,17 @@ class Inspector:
         ``on_error="ng"``) for a non-finite score or no threshold."""
         return self.decision.label(score)[0]
 
-    def inspect(self, frames: list[np.ndarray]) -> Inspection:
+    def inspect(self, frames: list[np.ndarray], ignore_mask: bool = True) -> Inspection:
+        """``ignore_mask=False``: without the artifact's ignore mask (ad-verify: the golden frames were
+        recorded without one)."""
         stages = self.stages
+        mask = self.ignore_mask if ignore_mask else None
         timings: dict[str, float] = {}
         value: Any = frames
         for name in STAGE_NAMES:
             start = time.perf_counter()
-            value = getattr(stages, name)(value)
+            value = stages.postprocess(value, mask) if name == "postprocess" and mask is not None \
+                else getattr(stages, name)(value)
             timings[name] = (time.perf_counter() - start) * 1e3
         scores, maps = value
         return Inspection(_as_numpy(scores).astype(np.float32), _as_numpy(maps).astype(np.float32), timings)

@@ -10,7 +10,9 @@ finite), ``score_normalized`` (with a calibrated normaliser: threshold → 0.5, 
 label OK/NG/ERROR, threshold (in force for this frame), ``ms`` per stage (+ ``total``; NG:
 ``evidence_ms``), ``dropped`` (frames dropped by the capture queue so far), ``error`` (why, for
 ERROR) and, for NG, ``boxes`` ([x, y, w, h] in frame pixels, of the map thresholded at the pixel
-threshold) and ``overlay`` (the saved PNG) when evidence is saved.
+threshold) and ``overlay`` (the saved PNG) when evidence is saved; ``drift`` (the checks in alarm and
+their figures, ``runtime.drift``) only while the drift watch is in alarm, and ``drift_event`` ("alarm" /
+"clear") on the frame where an alarm starts / ends.
 
 ``Runner(inspector, sinks, ...)`` owns the loop, the ``Summary`` (shared with the live view) and a lock
 so that the live view's ``POST /api/inspect`` can use the same inspector and sinks. Between frames it
@@ -34,7 +36,8 @@ import numpy as np
 
 from ..artifact import METADATA
 from ..errors import AnomedgeError, InputError
-from .decision import ON_ERROR, Decision, ThresholdWatch
+from .decision import ON_ERROR, Decision, ThresholdWatch, thresholds_for
+from .drift import DriftWatch
 from .evidence import EvidenceWriter, frame_map, regions
 from .pipeline import Inspector
 from .sinks import SinkError
@@ -92,11 +95,13 @@ class Runner:
     """Frames → records → sinks, with optional ROI crop, NG evidence and observers (live view).
 
     ``on_error``: "error" (failures are ERROR records) or "ng" (they are NG records with ``error``).
-    ``watch_thresholds``: follow re-calibrations of the artifact's ``metadata.json``."""
+    ``watch_thresholds``: follow re-calibrations of the artifact's ``metadata.json``. ``drift``: watch the
+    stream against ``thresholds.drift`` (``runtime.drift``; on by default when the artifact was calibrated
+    with it): a record gets a ``drift`` field while an alarm is on; ``drift_options`` go to ``DriftWatch``."""
 
     def __init__(self, inspector: Inspector, sinks: Iterable[Sink] = (), *, roi: tuple[int, int, int, int] | None = None,
                  evidence: EvidenceWriter | None = None, observers: Iterable[Observer] = (), on_error: str = "error",
-                 watch_thresholds: bool = True):
+                 watch_thresholds: bool = True, drift: bool = True, drift_options: dict[str, Any] | None = None):
         self.inspector = inspector
         self.sinks = list(sinks)
         self.roi = roi
@@ -111,6 +116,8 @@ class Runner:
                                      artifact=inspector.artifact, precision=inspector.backend.precision)
                       if watch_thresholds else None)
         self._watch_error: str | None = None
+        thresholds = thresholds_for(inspector.artifact.metadata.thresholds, inspector.backend.precision)
+        self.drift = DriftWatch.from_thresholds(thresholds, **(drift_options or {})) if drift else None
 
     def _override(self) -> float | None:
         decision = self.inspector.decision
@@ -132,6 +139,12 @@ class Runner:
     @property
     def heat_range(self) -> tuple[float, float]:
         return self.decision.heat_range
+
+    @property
+    def ignored(self) -> np.ndarray | None:
+        """(H,W) bool, the artifact's ignore mask at model resolution (overlays hatch it), or None."""
+        mask = getattr(self.inspector, "ignore_mask", None)
+        return None if mask is None else mask.pixels
 
     def refresh_decision(self) -> None:
         """At a frame boundary: switch to re-calibrated thresholds if metadata.json changed (one stat)."""
@@ -200,7 +213,7 @@ class Runner:
 
     def _save(self, record: dict[str, Any], image: np.ndarray, full: np.ndarray | None, decision: Decision) -> None:
         try:
-            path = self.evidence.save(image, full, record, *decision.heat_range)
+            path = self.evidence.save(image, full, record, *decision.heat_range, ignored=self.ignored)
         except (OSError, AnomedgeError) as exc:  # a full disk must not stop the line: say it in the record
             record["evidence_error"] = str(exc)
             return
@@ -224,6 +237,12 @@ class Runner:
         with self.lock:
             self.refresh_decision()
             record, image, small_map = self.inspect(frame, dropped)
+            if self.drift is not None:
+                alarm = self.drift.update(record, image)
+                if alarm is not None:
+                    record["drift"] = alarm
+                if self.drift.event is not None:  # the webhook / MQTT outputs send these records
+                    record["drift_event"] = self.drift.event
             self.emit(record)
             self.summary.count(record)
         for observer in self.observers:

@@ -103,12 +103,20 @@ class TorchReference(Backend):
         sigma = float(meta.postprocess["blur_sigma"])
         reduction = dict(meta.postprocess["reduction"])
 
-        def postprocess(patch_scores):
+        def postprocess(patch_scores, mask=None):
+            """Under an ignore mask (``scoring.mask``): reduce over the kept cells, map from the zeroed
+            patch scores, zeroed on the masked pixels."""
+            if mask is not None:
+                keep = torch.from_numpy(mask.keep(tuple(patch_scores.shape[1:])))
+                scores = _reduce(patch_scores[:, keep], reduction)
+                patch_scores = patch_scores * keep
             maps = F.interpolate(patch_scores[:, None], size=(spec.height, spec.width), mode="bilinear",
                                  align_corners=False)
             if sigma > 0:
                 maps = _gaussian_blur(maps, sigma)
-            return _reduce(patch_scores, reduction), maps[:, 0]
+            if mask is None:
+                return _reduce(patch_scores, reduction), maps[:, 0]
+            return scores, maps[:, 0] * torch.from_numpy(~mask.pixels)
 
         return Stages(preprocess, self._forward, score, postprocess)
 

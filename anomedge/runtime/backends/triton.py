@@ -139,13 +139,17 @@ class TritonBackend(Backend):
 
     def stages(self) -> Stages:
         """Preprocess here, score on the server, reduce + keep its map here (same functions as local)."""
+        from ...scoring.mask import masked_postprocess
         from ...scoring.postprocess import image_scores
         from ..preprocess import preprocess
 
         meta = self.artifact.metadata
         reduction = meta.postprocess["reduction"]
 
-        def postprocess(outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        def postprocess(outputs: dict[str, np.ndarray], mask=None) -> tuple[np.ndarray, np.ndarray]:
+            if mask is not None:  # the server's map saw the masked cells: rebuild it here
+                size = (meta.input.height, meta.input.width)
+                return masked_postprocess(outputs["patch_scores"], mask, size, meta.postprocess["blur_sigma"], reduction)
             return image_scores(outputs["patch_scores"], reduction), outputs["anomaly_map"]
 
         return Stages(lambda frames: preprocess(frames, meta.input), self.infer, lambda outputs: outputs, postprocess)

@@ -29,6 +29,34 @@ THUMB_WIDTH = 240
 STALE_S = 10.0  # a live source without a frame for this long is shown as stale
 
 
+def drift_metrics(status: dict[str, Any]) -> list[str]:
+    """Prometheus lines of a ``DriftWatch.status()`` (figures appear once the window has enough frames)."""
+    lines = ["# HELP anomedge_drift_alarm 1 while a drift check is out of its calibration band.",
+             "# TYPE anomedge_drift_alarm gauge"]
+    checks = ("score", "ng_rate", "brightness", "contrast", "focus")
+    lines += [f'anomedge_drift_alarm{{check="{c}"}} {int(c in status["in_alarm"])}' for c in checks]
+    lines += ["# HELP anomedge_drift_alarms_total Drift alarms raised.", "# TYPE anomedge_drift_alarms_total counter",
+              f"anomedge_drift_alarms_total {status['alarms']}"]
+    gauges = [("score_ks", "KS statistic, window scores vs calibration.", status.get("score", {}).get("ks")),
+              ("score_ks_critical", "KS critical value (alarm above).", status.get("score", {}).get("ks_critical")),
+              ("score_psi", "Population stability index, window vs calibration.", status.get("score", {}).get("psi"))]
+    rate = status.get("ng_rate", {})
+    gauges += [(f"ng_rate_{k}", f"NG rate over the window: {k}.", rate.get(k)) for k in ("rate", "low", "high", "expected")]
+    for name, text, value in gauges:
+        if value is not None:
+            lines += [f"# HELP anomedge_drift_{name} {text}", f"# TYPE anomedge_drift_{name} gauge",
+                      f"anomedge_drift_{name} {value}"]
+    inputs = status.get("inputs", {})
+    if inputs:
+        lines += ["# HELP anomedge_drift_input Input statistic: window median and calibration band.",
+                  "# TYPE anomedge_drift_input gauge"]
+        for stat, v in inputs.items():
+            lines += [f'anomedge_drift_input{{stat="{stat}",value="median"}} {v["median"]}',
+                      f'anomedge_drift_input{{stat="{stat}",value="band_low"}} {v["band"][0]}',
+                      f'anomedge_drift_input{{stat="{stat}",value="band_high"}} {v["band"][1]}']
+    return lines
+
+
 def label_frame(picture: np.ndarray, record: dict[str, Any]) -> np.ndarray:
     """Write ``LABEL score`` on a filled box in the top-left corner, sized to the frame (in place)."""
     label = str(record.get("label"))
@@ -151,7 +179,8 @@ class LiveView:
         return {**self.info, "threshold": self.runner.threshold, "pixel_threshold": self.runner.pixel_threshold,
                 "threshold_since": self.runner.decision.since, "threshold_origin": self.runner.decision.origin,
                 "connected": self.connected(), "state": self.state(), "last_frame_age_s": age,
-                "finished_at": self.finished_at, "counters": self.counters(), "last": last, "ng_gallery": gallery}
+                "finished_at": self.finished_at, "counters": self.counters(), "last": last, "ng_gallery": gallery,
+                "drift": None if self.runner.drift is None else self.runner.drift.status()}
 
     def metrics(self) -> str:
         c = self.counters()
@@ -177,12 +206,15 @@ class LiveView:
             if c[key] is not None:
                 lines.append(f'anomedge_latency_ms{{quantile="{q}"}} {c[key]}')
         lines.append(f"anomedge_latency_ms_count {len(self.runner.summary.latencies_ms)}")
+        if self.runner.drift is not None:
+            lines += drift_metrics(self.runner.drift.status())
         return "\n".join(lines) + "\n"
 
     def render(self, record: dict[str, Any], image: np.ndarray, small_map: np.ndarray | None) -> np.ndarray:
         """The frame with heatmap overlay, boxes and a readable label (BGR uint8)."""
         if small_map is not None:
-            picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range)
+            picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range,
+                           self.runner.ignored)
         else:
             from ..overlay import overlay
             picture = overlay(image, np.zeros(image.shape[:2], np.float32), 0, 1, alpha=0)
@@ -228,7 +260,8 @@ class LiveView:
             return self.api_requests
 
     def overlay_png(self, record: dict[str, Any], image: np.ndarray, small_map: np.ndarray) -> bytes:
-        picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range)
+        picture = draw(image, frame_map(small_map, image.shape[:2]), record.get("boxes") or [], *self.runner.heat_range,
+                           self.runner.ignored)
         return cv2.imencode(".png", picture)[1].tobytes()
 
     def login_page(self) -> bytes:
