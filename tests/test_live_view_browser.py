@@ -27,21 +27,36 @@ def chromium_paths():
     return browser, driver
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(120)
-def test_live_page_counters_move_and_overlay_shows(tiny_artifact, elpv_paths, tmp_path):
+def chromium_or_skip():
+    """(selenium.webdriver, browser path, driver path), or skip with the reason."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     browser, driver = chromium_paths()
     if browser is None or driver is None:
         pytest.skip("headless Chromium not found (apt-get install chromium chromium-driver, or run .ci/system-deps.sh)")
-    video = tmp_path / "cells.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (300, 300))
-    for p in elpv_paths[20:26]:
+    return webdriver, browser, driver
+
+
+def cells_video(paths, out):
+    """An MJPG video of real ELPV cells (300×300), one frame per path."""
+    writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (300, 300))
+    for p in paths:
         writer.write(cv2.imread(str(p), cv2.IMREAD_COLOR))
     writer.release()
+    return out
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_live_page_counters_move_and_overlay_shows(tiny_artifact, elpv_paths, tmp_path):
+    webdriver, browser, driver = chromium_or_skip()
+    video = cells_video(elpv_paths[20:26], tmp_path / "cells.avi")
+    port = free_port()
     # --fps is ignored for files; a small sleep-free run is fine: the page polls the latest frame
     proc = subprocess.Popen([sys.executable, "-c", CODE, str(tiny_artifact.root), "--source", str(video), "--loop",
                              "--threshold", "0", "--serve", f"127.0.0.1:{port}", "--quiet"],
@@ -120,18 +135,9 @@ def wait_until(check, seconds=20):
 @pytest.mark.slow
 @pytest.mark.timeout(150)
 def test_token_login_finished_source_gallery_and_trend(tiny_artifact, elpv_paths, tmp_path):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
-    browser, driver = chromium_paths()
-    if browser is None or driver is None:
-        pytest.skip("headless Chromium not found (apt-get install chromium chromium-driver, or run .ci/system-deps.sh)")
-    video = tmp_path / "cells.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (300, 300))
-    for p in elpv_paths[20:32]:
-        writer.write(cv2.imread(str(p), cv2.IMREAD_COLOR))
-    writer.release()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    webdriver, browser, driver = chromium_or_skip()
+    video = cells_video(elpv_paths[20:32], tmp_path / "cells.avi")
+    port = free_port()
     token = "browser-test-token-0123456789"
     env = {**os.environ, "ANOMEDGE_TOKEN": token}
     proc = subprocess.Popen([sys.executable, "-c", CODE, str(tiny_artifact.root), "--source", str(video),
