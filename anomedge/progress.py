@@ -17,7 +17,23 @@ T = TypeVar("T")
 QUARTERS = (25, 50, 75, 100)
 
 
-class _Lines:
+class _Counter:
+    """update(n) / close() / context manager: the interface tqdm has too."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Lines(_Counter):
     """Plain progress lines at 25 / 50 / 75 / 100 %."""
 
     def __init__(self, total: int, desc: str, stream):
@@ -35,58 +51,20 @@ class _Lines:
             print(f"{self.desc}: {percent} % ({min(self.done, self.total)}/{self.total}), "
                   f"{time.perf_counter() - self.start:.1f} s", file=self.stream, flush=True)
 
-    def close(self) -> None:
-        pass
 
-
-class _Silent:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _Bar:
-    def __init__(self, bar):
-        self.bar = bar
-
-    def update(self, n: int = 1) -> None:
-        self.bar.update(n)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-class Progress:
-    def __init__(self, impl):
-        self.impl = impl
-
-    def update(self, n: int = 1) -> None:
-        self.impl.update(n)
-
-    def close(self) -> None:
-        self.impl.close()
-
-    def __enter__(self) -> "Progress":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def progress(total: int, desc: str, enabled: bool | None = None, stream=None) -> Progress:
+def progress(total: int, desc: str, enabled: bool | None = None, stream=None):
+    """A counter (``update``, ``close``, context manager): tqdm on a terminal, else ``_Lines`` / silent."""
     stream = stream if stream is not None else sys.stderr
     if enabled is False:
-        return Progress(_Silent())
+        return _Counter()
     if getattr(stream, "isatty", lambda: False)():
         try:
             from tqdm import tqdm
         except ImportError:
             pass
         else:
-            return Progress(_Bar(tqdm(total=total, desc=desc, file=stream, leave=False)))
-    return Progress(_Lines(total, desc, stream))
+            return tqdm(total=total, desc=desc, file=stream, leave=False)
+    return _Lines(total, desc, stream)
 
 
 def steps(items: Iterable[T], total: int, desc: str, enabled: bool | None = None, stream=None) -> Iterator[T]:

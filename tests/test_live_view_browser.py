@@ -45,6 +45,17 @@ def cells_video(paths, out):
     return out
 
 
+def stop(proc, chrome):
+    """Quit the browser, SIGINT ad-run (it prints its summary) → (stdout, stderr)."""
+    if chrome is not None:
+        chrome.quit()
+    proc.send_signal(2)
+    try:
+        return proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -112,13 +123,7 @@ def test_live_page_counters_move_and_overlay_shows(tiny_artifact, elpv_paths, tm
         saturation = (region.max(axis=2) - region.min(axis=2)).mean()
         assert saturation > 30, saturation
     finally:
-        if chrome is not None:
-            chrome.quit()
-        proc.send_signal(2)
-        try:
-            out, err = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
+        out, err = stop(proc, chrome)
     assert proc.returncode == 0, err
     assert "frames:" in out
 
@@ -182,12 +187,6 @@ def test_token_login_finished_source_gallery_and_trend(tiny_artifact, elpv_paths
             shutil.copy(shot_path, os.environ["ANOMEDGE_SCREENSHOT_FINISHED"])
         assert proc.poll() is None  # still serving after the source ended
     finally:
-        if chrome is not None:
-            chrome.quit()
-        proc.send_signal(2)
-        try:
-            out, err = proc.communicate(timeout=20)
-        finally:
-            proc.kill()
+        out, err = stop(proc, chrome)
     assert proc.returncode == 0, err
     assert "source finished" in err and "12 frames" in out

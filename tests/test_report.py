@@ -14,9 +14,8 @@ from anomedge.calibrate.report import Evaluation, write_report
 from anomedge.errors import InputError
 
 
-@pytest.fixture()
-def evaluation(elpv_paths):
-    """12 real ELPV cells (300×300), 6 good + 6 defective, 16×16 maps whose defect region is hot."""
+def synthetic_evaluation(paths, types=None) -> Evaluation:
+    """12 real ELPV cells (300×300) of ``paths``, 6 good + 6 defective, 16×16 maps whose defect region is hot."""
     rng = np.random.default_rng(0)
     n, h = 12, 16
     labels = np.r_[np.zeros(6, np.int8), np.ones(6, np.int8)]
@@ -26,7 +25,12 @@ def evaluation(elpv_paths):
         masks[i, 4:9, 5:11] = True
         maps[i][masks[i]] += 0.6 + 0.05 * i
     scores = (maps.reshape(n, -1).max(1) + rng.normal(0, 0.2, n)).astype(np.float32)
-    return Evaluation(list(elpv_paths[:n]), labels, scores, maps, masks, float(np.median(scores)), 0.9)
+    return Evaluation(list(paths[:n]), labels, scores, maps, masks, float(np.median(scores)), 0.9, types=types)
+
+
+@pytest.fixture()
+def evaluation(elpv_paths):
+    return synthetic_evaluation(elpv_paths)
 
 
 def test_metrics_and_scores_csv(evaluation, tmp_path):

@@ -9,17 +9,12 @@ import shutil
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
-from anomedge.calibrate.report import Evaluation, write_report
+from anomedge.calibrate.report import write_report
 
-
-def chromium_paths():
-    browser = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser"), shutil.which("google-chrome"))
-                    if p), None)
-    driver = shutil.which("chromedriver") or ("/usr/bin/chromedriver" if os.path.exists("/usr/bin/chromedriver") else None)
-    return browser, driver
+from test_live_view_browser import chromium_paths
+from test_report import synthetic_evaluation
 
 
 def screenshot(page: Path, out: Path, width: int = 1100, height: int = 1500, max_width: int = 900) -> dict:
@@ -59,17 +54,7 @@ def test_report_renders_in_chromium(elpv_paths, tmp_path):
     pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install selenium)")
     if None in chromium_paths():
         pytest.skip("headless Chromium not found (apt-get install chromium chromium-driver)")
-    rng = np.random.default_rng(0)
-    n, h = 12, 16
-    labels = np.r_[np.zeros(6, np.int8), np.ones(6, np.int8)]
-    masks = np.zeros((n, h, h), bool)
-    maps = rng.random((n, h, h)).astype(np.float32)
-    for i in range(6, n):
-        masks[i, 4:9, 5:11] = True
-        maps[i][masks[i]] += 0.6 + 0.05 * i
-    scores = (maps.reshape(n, -1).max(1) + rng.normal(0, 0.2, n)).astype(np.float32)
-    ev = Evaluation(list(elpv_paths[:n]), labels, scores, maps, masks, float(np.median(scores)), 0.9,
-                    types=["good"] * 6 + ["crack"] * 3 + ["spot"] * 3)
+    ev = synthetic_evaluation(elpv_paths, types=["good"] * 6 + ["crack"] * 3 + ["spot"] * 3)
     write_report(ev, tmp_path / "report", "tiny on ELPV", {"run": {"backend": "onnxruntime", "precision": "fp32"}})
     shot = tmp_path / "report.png"
     facts = screenshot(tmp_path / "report" / "report.html", shot)

@@ -20,12 +20,13 @@ Options: ``url`` HOST:PORT (required), ``protocol`` http|grpc, ``model`` (defaul
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ...errors import ArtifactError, BackendUnavailable, InputError
-from .base import Backend, Stages
+from .base import Backend, BackendOptions, Stages
 
 PROTOCOLS = {"http": "tritonclient.http", "grpc": "tritonclient.grpc"}
 OUTPUTS = ("patch_scores", "anomaly_map")
@@ -44,8 +45,21 @@ def _parameters(config: dict[str, Any]) -> dict[str, str]:
             for k, v in params.items()}
 
 
+@dataclass(frozen=True)
+class TritonOptions(BackendOptions):
+    """url: HOST:PORT of the server (required); protocol: http | grpc; model: name in the repository
+    (default ``DEFAULT_MODEL``); model_version: "" = the server's latest; timeout_s: per request."""
+
+    url: str | None = None
+    protocol: str = "http"
+    model: str | None = None
+    model_version: str = ""
+    timeout_s: float = 30.0
+
+
 class TritonBackend(Backend):
     name = "triton"
+    Options = TritonOptions
     install_hint = "pip install 'tritonclient[http,grpc]'   (or pip install 'anomedge[triton]')"
 
     @classmethod
@@ -55,9 +69,10 @@ class TritonBackend(Backend):
         except ImportError as exc:
             raise BackendUnavailable(f"backend 'triton' needs tritonclient, which is not installed: {cls.install_hint}") from exc
 
-    def __init__(self, artifact, device: str = "auto", url: str | None = None, protocol: str = "http",
-                 model: str | None = None, model_version: str = "", timeout_s: float = 30.0, **options: Any):
+    def __init__(self, artifact, device: str = "auto", **options: Any):
         super().__init__(artifact, device, **options)
+        o: TritonOptions = self.options
+        url, protocol, timeout_s = o.url, o.protocol, o.timeout_s
         if not url:
             raise InputError("--backend triton needs --url HOST:PORT of the Triton server (e.g. 127.0.0.1:8000)")
         host, _, port = url.rpartition(":")
@@ -67,8 +82,8 @@ class TritonBackend(Backend):
             raise InputError(f"--protocol '{protocol}': expected one of {', '.join(PROTOCOLS)}")
         if not timeout_s > 0:
             raise InputError(f"timeout_s {timeout_s}: expected a positive number of seconds")
-        self.url, self.protocol, self.model = url, protocol, model or DEFAULT_MODEL
-        self.model_version, self.timeout_s = str(model_version or ""), float(timeout_s)
+        self.url, self.protocol, self.model = url, protocol, o.model or DEFAULT_MODEL
+        self.model_version, self.timeout_s = str(o.model_version or ""), float(timeout_s)
         self.client = None
         self.module = None
 
