@@ -48,6 +48,7 @@ KINDS = ("knn", "mahalanobis", "reconstruction")
 PLACEMENTS = ("host", "graph")
 BANK_DTYPES = ("float32", "float16")
 OPENVINO_PRECISIONS = ("fp32", "fp16")
+TILE_BLENDS, TILE_MODES = ("linear", "max"), ("shared",)
 # reduction name → {parameter: (low, high)} (low exclusive); scoring.postprocess.REDUCTIONS implements them.
 REDUCTIONS: dict[str, dict[str, tuple[float, float]]] = {
     "max": {}, "mean": {}, "top_fraction_mean": {"fraction": (0.0, 1.0)},
@@ -99,9 +100,12 @@ class Metadata:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
     spec_sha256: dict[str, str] = field(default_factory=dict)
+    tiling: dict[str, Any] | None = None  # runtime.tiling: a tiled artifact (absent: whole frames resized)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if d["tiling"] is None:
+            del d["tiling"]
         d["input"] = {k: getattr(self.input, k) for k in self.input.__dataclass_fields__}
         d["input"]["shape"] = list(self.input.shape)
         return json.loads(json.dumps(d))
@@ -332,6 +336,14 @@ def _check_model(model: dict[str, Any], files: dict[str, str]) -> None:
         _str(ov.get("precision", "fp32"), "model.openvino.precision", OPENVINO_PRECISIONS)
 
 
+def _check_tiling(tiling: dict[str, Any]) -> None:
+    """The ``tiling`` block (runtime.tiling.TilingSpec): tile / overlap pixels, blend, mode."""
+    _int(tiling.get("tile"), "tiling.tile", 16, MAX_SIDE)
+    _int(tiling.get("overlap", 0), "tiling.overlap", 0, tiling["tile"] // 2)
+    _str(tiling.get("blend", "linear"), "tiling.blend", TILE_BLENDS)
+    _str(tiling.get("mode", "shared"), "tiling.mode", TILE_MODES)
+
+
 def check_thresholds(thresholds: Any) -> None:
     """The editable block: numbers the decision uses must be finite (or null: uncalibrated)."""
     fix = "run ad-calibrate again or correct the thresholds block"
@@ -384,6 +396,8 @@ def check_metadata(raw: Any) -> None:
     _check_postprocess(_dict(raw["postprocess"], "postprocess"), files)
     _check_model(_dict(raw["model"], "model"), files)
     check_thresholds(raw.get("thresholds", {}))
+    if "tiling" in raw:
+        _check_tiling(_dict(raw["tiling"], "tiling"))
     for key, value in _dict(raw.get("versions", {}), "versions").items():
         _str(value, f"versions.{key}", max_len=128)
     if "created" in raw and not isinstance(raw["created"], str):
