@@ -71,3 +71,7 @@ def _summary(report) -> str:
     else:
         parts.append(f"threshold kept ({_number(report.threshold_after)})")
     return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    main()

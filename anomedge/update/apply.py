@@ -122,6 +122,7 @@ def update_artifact(src: str | os.PathLike, good: Sequence[Path], out: str | os.
     src = Path(src)
     artifact = Artifact.load(src)  # every hash first
     updater = updater_for(artifact)
+    updater.check_limit(max_bank_rows)
     version = int(artifact.metadata.model.get("version", 1)) + 1
     out = Path(out) if out is not None else default_out(src, version)
     if out.resolve() == src.resolve():

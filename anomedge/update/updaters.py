@@ -51,6 +51,11 @@ class Updater:
     def _add(self, features: np.ndarray) -> None:
         raise NotImplementedError
 
+    def check_limit(self, max_bank_rows: int | None) -> None:
+        """Refuse a bank bound before any image is read (InputError)."""
+        if max_bank_rows is not None:
+            raise InputError(f"--max-bank-rows applies to patchcore (a bank); {self.name} has a fixed-size state")
+
     def finish(self, max_bank_rows: int | None = None) -> Update:
         raise NotImplementedError
 
@@ -87,8 +92,7 @@ class PadimUpdater(Updater):
     def finish(self, max_bank_rows: int | None = None) -> Update:
         from ..models.padim import gaussian_arrays, stats_block
 
-        if max_bank_rows is not None:
-            raise InputError("--max-bank-rows applies to patchcore (a bank); PaDiM's statistics have a fixed size")
+        self.check_limit(max_bank_rows)
         mean, factor = gaussian_arrays(self.stats, self.shrinkage, self.ridge, self.factor_dtype, self.chunk)
         after = self.stats.count
         return Update(arrays={"mean.npy": mean, "factor.npy": factor, gs.STATS_FILE: gs.pack(self.stats)},
@@ -120,6 +124,11 @@ class PatchCoreUpdater(Updater):
             raise InputError(f"features {features.shape}: {d} channels, the bank has {self.bank.shape[1]}")
         self.far.add(features.transpose(0, 2, 3, 1).reshape(-1, d))
 
+    def check_limit(self, max_bank_rows: int | None) -> None:
+        if max_bank_rows is not None and max_bank_rows < len(self.bank):
+            raise InputError(f"--max-bank-rows {max_bank_rows}: the bank already has {len(self.bank)} rows and an "
+                             f"update only adds; pass at least {len(self.bank)}")
+
     def default_limit(self) -> int:
         """The bank size a refit on old + new images would have (coreset_fraction × all patches), ≥ today's."""
         total = self.patches_before + self.far.seen
@@ -129,10 +138,8 @@ class PatchCoreUpdater(Updater):
         from ..benchmark import fastest_knn_kernel
 
         rows = len(self.bank)
+        self.check_limit(max_bank_rows)
         limit = self.default_limit() if max_bank_rows is None else int(max_bank_rows)
-        if limit < rows:
-            raise InputError(f"--max-bank-rows {limit}: the bank already has {rows} rows and an update only adds; "
-                             f"pass at least {rows}")
         cands, dist2 = self.far.candidates()
         ext = extend(cands, dist2, self.radius, limit - rows)
         bank = np.ascontiguousarray(np.concatenate([self.bank, cands[ext.picks].astype(self.bank.dtype)]))
