@@ -11,7 +11,8 @@ shrinkage (closed form, vectorised over positions) and/or a ridge ε·I — from
 ``ad-update`` (anomedge.update) merging new images gives exactly what a refit on the union gives.
 Artifact: ``mean.npy`` (h·w, C) float32 and ``factor.npy`` (h·w, C, C) with L Lᵀ = Σₚ⁻¹, float32 or
 float16 (``factor_dtype``); with ``update_stats`` (default) also ``stats.npy`` (h·w, K) float64, the packed
-statistics (``model.stats``; never read by the runtime). Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
+statistics (``model.stats``; never read by the runtime).
+Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
 Size: h·w·C²·bytes — 224 px, stride 8 → 784·100²·4 B = 31 MB (float32); float16 or ``grid_pool=2``
 divide it by 2 and 4.
 """
