@@ -5,10 +5,14 @@ finest stage's grid and concatenated, D = ΣCᵢ), then a seeded random subset o
 selected *inside* the graph (``index_select`` → ONNX Gather, so the output is already reduced), then
 optionally averaged over ``grid_pool``×``grid_pool`` cells (a coarser grid: fewer positions, a smaller
 artifact).
-Fit: per position p, the mean μₚ (C,) and covariance Σₚ (C,C) of the good images' features, in float64,
-with Ledoit-Wolf shrinkage (closed form, vectorised over positions) and/or a ridge ε·I.
+Fit: per position p, the sufficient statistics of the good images' features (count, mean μₚ, scatter,
+two higher moments; ``gaussian_stats``) in float64, then the covariance Σₚ (C,C) with Ledoit-Wolf
+shrinkage (closed form, vectorised over positions) and/or a ridge ε·I — from the statistics, so that
+``ad-update`` (anomedge.update) merging new images gives exactly what a refit on the union gives.
 Artifact: ``mean.npy`` (h·w, C) float32 and ``factor.npy`` (h·w, C, C) with L Lᵀ = Σₚ⁻¹, float32 or
-float16 (``factor_dtype``). Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
+float16 (``factor_dtype``); with ``update_stats`` (default) also ``stats.npy`` (h·w, K) float64, the packed
+statistics (``model.stats``; never read by the runtime).
+Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
 Size: h·w·C²·bytes — 224 px, stride 8 → 784·100²·4 B = 31 MB (float32); float16 or ``grid_pool=2``
 divide it by 2 and 4.
 """
@@ -29,6 +33,7 @@ from ..scoring.kernels import inverse_cov_factor
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract
+from .gaussian_stats import LAYOUT, STATS_FILE, GaussianStats, concat, covariance, from_samples, pack
 
 SHRINKAGES = ("ledoit_wolf", "none")
 FACTOR_DTYPES = ("float32", "float16")
@@ -116,6 +121,27 @@ def gaussian_fit(x: torch.Tensor, shrinkage: str = "ledoit_wolf", ridge: float =
     return mean, cov
 
 
+def gaussian_arrays(stats: GaussianStats, shrinkage: str, ridge: float, factor_dtype: str,
+                    chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics → the artifact's ``mean.npy`` (P,C) float32 and ``factor.npy`` (P,C,C) L with L Lᵀ = Σ⁻¹
+    (``factor_dtype``), Σ from ``gaussian_stats.covariance`` — the one path of the fit and of ad-update."""
+    factors = []
+    for start in range(0, stats.positions, chunk):
+        part = GaussianStats(stats.count, *(getattr(stats, k)[start:start + chunk] for k in ("mean", "m2", "t", "q")))
+        factors.append(inverse_cov_factor(covariance(part, shrinkage, ridge), dtype=np.float64))
+    factor = np.concatenate(factors)
+    out = np.ascontiguousarray(factor, dtype=factor_dtype)
+    if not np.isfinite(out).all():
+        raise InputError(f"factor_dtype {factor_dtype}: the inverse-covariance factor overflows it "
+                         f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
+    return np.ascontiguousarray(stats.mean, dtype=np.float32), out
+
+
+def stats_block(count: int) -> dict[str, Any]:
+    """The ``model.stats`` entry naming the sufficient-statistics file (read by ad-update only)."""
+    return {"file": STATS_FILE, "count": int(count), "layout": list(LAYOUT), "dtype": "float64"}
+
+
 @dataclass
 class PadimConfig:
     backbone: dict[str, Any] = field(default_factory=lambda: BackboneSpec().to_dict())
@@ -137,6 +163,9 @@ class PadimConfig:
     batch_size: int = 16
     position_chunk: int = 64  # positions per covariance/factor chunk (memory bound of the fit)
     seed: int = 0
+    # ship the float64 sufficient statistics (stats.npy, models.gaussian_stats) so that ad-update can add
+    # good images exactly; never read by the runtime. 14×14 grid, 100 channels: 8.2 MB.
+    update_stats: bool = True
 
 
 class Padim(Detector):
@@ -196,25 +225,19 @@ class Padim(Detector):
         feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
         n, c, h, w = feats.shape
         self.grid = (h, w)
-        x = torch.from_numpy(feats.reshape(n, c, h * w)).permute(2, 0, 1)  # (P,N,C) view
-        means, factors = [], []
-        for start in range(0, h * w, cfg.position_chunk):
-            mean, cov = gaussian_fit(x[start:start + cfg.position_chunk], cfg.shrinkage, cfg.ridge)
-            means.append(mean.numpy())
-            factors.append(inverse_cov_factor(cov.numpy(), dtype=np.float64))
-        self.mean = np.ascontiguousarray(np.concatenate(means), dtype=np.float32)
-        factor = np.concatenate(factors)
-        self.factor = np.ascontiguousarray(factor, dtype=cfg.factor_dtype)
-        if not np.isfinite(self.factor).all():
-            raise InputError(f"factor_dtype {cfg.factor_dtype}: the inverse-covariance factor overflows it "
-                             f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
+        x = feats.reshape(n, c, h * w).transpose(2, 0, 1)  # (P,N,C) view
+        self.stats = concat([from_samples(x[start:start + cfg.position_chunk])
+                             for start in range(0, h * w, cfg.position_chunk)])
+        self.mean, self.factor = gaussian_arrays(self.stats, cfg.shrinkage, cfg.ridge, cfg.factor_dtype,
+                                                 cfg.position_chunk)
         self.n_train = n
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self.mean is None:
             raise InputError("PaDiM is not fitted: call fit() first")
-        return {"mean.npy": self.mean, "factor.npy": self.factor}
+        extra = {STATS_FILE: pack(self.stats)} if self.config.update_stats else {}
+        return {"mean.npy": self.mean, "factor.npy": self.factor, **extra}
 
     def metadata_blocks(self) -> dict[str, Any]:
         if self.mean is None:
@@ -225,7 +248,8 @@ class Padim(Detector):
         return {
             "input": self.input_spec(),
             "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train,
-                                                    "total_channels": self.total_channels}},
+                                                    "total_channels": self.total_channels},
+                      **({"stats": stats_block(self.stats.count)} if cfg.update_stats else {})},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", c, h, w],
                         "stride": cfg.image_size // h}},
             "scoring": {"kind": "mahalanobis", "placement": "host", "positions": h * w, "channels": c,

@@ -4,6 +4,8 @@ Graph: image (N,3,H,W) → ``features`` (N,D,h,w): each chosen backbone stage is
 ``aggregation``×``aggregation`` neighbourhood (stride 1, padding excluded from the mean), coarser
 stages are bilinearly upsampled to the finest stage's grid, and all are concatenated (D = ΣCᵢ).
 Fit: the features of every good patch, reduced to a coreset (greedy k-center, default 1 %) = the bank.
+The fit records the bank's coverage radius (max distance of a training patch to the bank), from
+which ``ad-update`` continues the greedy on new good images (``coreset_extend``).
 Score: distance of each patch to its nearest bank row (mean of k nearest); image score = a reduction
 of the patch scores (mean of the top 5 % by default; ``max`` available); anomaly map = patch scores upsampled and blurred (σ=4).
 """
@@ -23,6 +25,7 @@ from ..benchmark import fastest_knn_kernel
 from ..errors import InputError
 from .backbones import BackboneSpec, build_backbone
 from .coreset import greedy_coreset
+from .coreset_extend import coverage_radius
 from .detector import Detector
 from .features import extract
 
@@ -106,6 +109,8 @@ class PatchCore(Detector):
                                    progress=self.progress)
         self.bank = np.ascontiguousarray(patches[index]).astype(self.config.bank_dtype)
         self.n_train_patches = len(patches)
+        # what ad-update continues the greedy from: every training patch lies within this of the bank
+        self.coverage_radius = coverage_radius(patches, self.bank)
         self.kernel, self.kernel_ms = fastest_knn_kernel(self.bank, h * w, self.config.k)
         return self
 
@@ -119,7 +124,8 @@ class PatchCore(Detector):
         cfg = self.config
         return {
             "input": self.input_spec(),
-            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train_patches": self.n_train_patches}},
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train_patches": self.n_train_patches,
+                                                    "coverage_radius": self.coverage_radius}},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", int(self.bank.shape[1]), h, w],
                         "stride": cfg.image_size // h}},
             "scoring": {"kind": "knn", "k": cfg.k, "metric": "l2", "placement": "host", "bank_rows": int(len(self.bank)),
