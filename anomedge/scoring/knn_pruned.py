@@ -22,7 +22,6 @@ from .knn_exact import QUERY_ROWS, SAFETY, U32, CentredBank, Search, check_bank,
 
 PCA_DIMS = 32
 CLUSTER_ROWS = 256
-GROUP_ROWS = 1
 KMEANS_ITERATIONS = 6
 KMEANS_SAMPLE = 64  # sample rows per cluster for the k-means iterations (all rows are assigned at the end)
 PHI_SLACK = SAFETY * (4 * U32 + 3e-8)  # relative: φ rounded to float32, residual norm through a float64 sqrt
@@ -90,11 +89,6 @@ class PrunedKnnIndex:
         self.radii = np.array([np.sqrt(((phi_stored[a:b] - c) ** 2).sum(axis=1).max())
                                for a, b, c in zip(self.starts[:-1], self.starts[1:], self.centres)]) * (1 + REL) + 1e-30
         self.phi_radius = float(np.sqrt((phi_stored**2).sum(axis=1).max()))
-        # groups of consecutive clusters of ≥ GROUP_ROWS rows: one φ-sgemm each
-        self.groups = [0]
-        for j in range(1, self.clusters + 1):
-            if self.starts[j] - self.starts[self.groups[-1]] >= GROUP_ROWS or j == self.clusters:
-                self.groups.append(j)
 
     def _phi(self, x: np.ndarray) -> np.ndarray:
         """(n,D) float64 centred rows → (n,dims+1) float64 [P x, ‖x − PᵀP x‖]."""
@@ -158,11 +152,13 @@ class PrunedKnnIndex:
             if rows.size:
                 state.visit(rows, self.starts[j], self.starts[j + 1])
                 self.touched += rows.size * (self.starts[j + 1] - self.starts[j])
-        for g0, g1 in zip(self.groups[:-1], self.groups[1:]):
-            a, b = self.starts[g0], self.starts[g1]
-            qs = np.flatnonzero(lower[:, g0:g1].min(axis=1) <= state.upper)
+        lower[np.arange(len(q)), seed] = np.inf  # seed pairs are folded once (a duplicate would fake a k-th best)
+        lower_t = np.ascontiguousarray(lower.T)
+        for j in range(self.clusters):
+            qs = np.flatnonzero(lower_t[j] <= state.upper)
             if qs.size == 0:
                 continue
+            a, b = self.starts[j], self.starts[j + 1]
             g = qa[qs] @ self.phi_aug[a:b].T  # ‖φb‖² − 2 φq·φb, (|qs|, b − a)
             self.phi_pairs += g.size
             with np.errstate(invalid="ignore"):
@@ -171,10 +167,8 @@ class PrunedKnnIndex:
             cols = np.flatnonzero(keep.any(axis=0))
             if cols.size == 0:
                 continue
-            sub = keep[:, cols]
-            qs, sub = qs[sub.any(axis=1)], sub[sub.any(axis=1)]
-            # the survivors' full distances: one sgemm on surviving queries × surviving rows (a pair already
-            # folded by a seed comes again as a duplicate candidate, which the re-rank drops)
+            qs = qs[keep[:, cols].any(axis=1)]
+            # the survivors' full distances: one sgemm on surviving queries × surviving rows
             state.visit(qs, 0, 0, stored=cols + a)
             self.touched += qs.size * cols.size
         return state.result()
