@@ -20,6 +20,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import ArtifactError
 from .kernels import KnnIndex, MahalanobisIndex, OnnxKnnIndex
+from .knn_exact import BlockedKnnIndex
+from .knn_pruned import PrunedKnnIndex
 
 KNN_GRAPH = "knn.onnx"
 """The chunked search graph of the ``onnxruntime`` kNN kernel, written at export (``export.writer``)."""
@@ -40,13 +42,27 @@ def _onnx_kernel(bank: np.ndarray, k: int, graph) -> OnnxKnnIndex:
     return OnnxKnnIndex(bank, k, graph)
 
 
-# Two implementations of the same exact search, raced on the target (runtime.kernel_race):
-# numpy blocks over OpenBLAS, or the shipped chunked MatMul+TopK graph on onnxruntime's GEMM (MLAS).
+def _blocked_kernel(bank: np.ndarray, k: int, graph) -> BlockedKnnIndex:
+    return BlockedKnnIndex(bank)
+
+
+def _pruned_kernel(bank: np.ndarray, k: int, graph) -> PrunedKnnIndex:
+    return PrunedKnnIndex(bank)
+
+
+# Implementations of the same exact search, raced on the target (runtime.kernel_race):
+# numpy blocks over OpenBLAS, the shipped chunked MatMul+TopK graph on onnxruntime's GEMM (MLAS), and the
+# tie-exact kernels of knn_exact / knn_pruned (bit-identical winners to each other: float64 re-rank of
+# the GEMM's candidates; "pruned" touches a fraction of the bank through PCA/cluster lower bounds).
 # Each takes (bank (M,D), k, knn.onnx path | bytes | None).
 KNN_KERNELS: dict[str, Callable[[np.ndarray, int, object], object]] = {
     "numpy": _numpy_kernel,
     "onnxruntime": _onnx_kernel,
+    "blocked": _blocked_kernel,
+    "pruned": _pruned_kernel,
 }
+NEEDS_GRAPH = frozenset({"onnxruntime"})
+"""Kernels that need the artifact's ``knn.onnx`` (the others race without it)."""
 
 
 def knn_graph(artifact: Artifact):
