@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..errors import InputError
 from ..scoring.kernels import inverse_cov_factor
+from .augment import parse_augment
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract
@@ -136,6 +137,7 @@ class PadimConfig:
     blur_sigma: float = 4.0
     batch_size: int = 16
     position_chunk: int = 64  # positions per covariance/factor chunk (memory bound of the fit)
+    augment: str = "none"  # or a comma list of hflip, vflip, rot180: transformed training copies (models/augment.py)
     seed: int = 0
 
 
@@ -160,6 +162,7 @@ class Padim(Detector):
         if cfg.shrinkage == "none" and cfg.ridge == 0:
             raise InputError("shrinkage none with ridge 0: the covariance may be singular; set ridge > 0 "
                              "(PaDiM uses 0.01) or shrinkage=ledoit_wolf")
+        self.views = parse_augment(cfg.augment)
         self.progress = progress
         self.spec = BackboneSpec.from_dict(cfg.backbone).with_weights_hash()
         extractor = build_backbone(self.spec)
@@ -193,7 +196,7 @@ class Padim(Detector):
         if len(train) == 0:
             raise InputError("no training images: PaDiM needs at least one good image")
         cfg = self.config
-        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
+        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress, self.views)
         n, c, h, w = feats.shape
         self.grid = (h, w)
         x = torch.from_numpy(feats.reshape(n, c, h * w)).permute(2, 0, 1)  # (P,N,C) view
@@ -208,7 +211,7 @@ class Padim(Detector):
         if not np.isfinite(self.factor).all():
             raise InputError(f"factor_dtype {cfg.factor_dtype}: the inverse-covariance factor overflows it "
                              f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
-        self.n_train = n
+        self.n_train, self.n_images = n, len(train)
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -224,7 +227,7 @@ class Padim(Detector):
         c = int(self.mean.shape[1])
         return {
             "input": self.input_spec(),
-            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train,
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train, "n_images": self.n_images,
                                                     "total_channels": self.total_channels}},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", c, h, w],
                         "stride": cfg.image_size // h}},
