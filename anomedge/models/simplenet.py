@@ -89,13 +89,14 @@ class SimpleNetConfig:
     backbone: dict[str, Any] = field(default_factory=lambda: BackboneSpec().to_dict())
     image_size: int = 224
     aggregation: int = 3
-    hidden: int = 256  # discriminator width
+    hidden: int = 128  # discriminator width
     noise_std: float = 0.015  # σ of the simulated-anomaly noise in adapted units (the paper's value)
     margin: float = 0.5  # truncated L1 margin (the paper's)
     reduction: dict[str, Any] = field(default_factory=lambda: {"name": "top_fraction_mean", "fraction": 0.05})
     blur_sigma: float = 4.0
     augment: str = "none"  # or a comma list of hflip, vflip, rot180 (models/augment.py)
     image_batch: int = 16  # images per feature-extraction batch
+    max_patches: int | None = 65536  # a seeded random subset of the training patches (None: all); bounds the fit time
     epochs: int = 10  # passes over all training patches
     batch_size: int = 2048  # patches per step
     lr: float = 1e-3
@@ -118,6 +119,8 @@ class SimpleNet(Detector):
         check_int(self.name, "aggregation", cfg.aggregation)
         check_int(self.name, "hidden", cfg.hidden)
         check_int(self.name, "image_batch", cfg.image_batch)
+        if cfg.max_patches is not None:
+            check_int(self.name, "max_patches", cfg.max_patches)
         for name in ("noise_std", "margin"):
             value = getattr(cfg, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -134,10 +137,14 @@ class SimpleNet(Detector):
         with torch.no_grad():
             probe = self.features(torch.zeros(1, 3, cfg.image_size, cfg.image_size))
         self.channels, self.grid = int(probe.shape[1]), (int(probe.shape[2]), int(probe.shape[3]))
-        torch.manual_seed(cfg.seed)
-        self.head = SimpleNetHead(self.channels, cfg.hidden).eval()
+        self.reset_head()
+
+    def reset_head(self) -> None:
+        """A fresh, untrained head drawn from ``seed`` (what ``__init__`` makes; refit the same detector)."""
+        torch.manual_seed(self.config.seed)
+        self.head = SimpleNetHead(self.channels, self.config.hidden).eval()
         self.history: History | None = None
-        self.n_images = self.n_patches = 0
+        self.n_images = self.n_patches = self.n_patches_total = 0
 
     def settings(self) -> TrainSettings:
         names = {f.name for f in fields(TrainSettings)}
@@ -167,12 +174,18 @@ class SimpleNet(Detector):
         return self.fit_patches(self.patches(train_paths), len(train_paths))
 
     def fit_patches(self, data: torch.Tensor, n_images: int) -> "SimpleNet":
-        """Train the head on precomputed patch features (M, D) (``patches``) of ``n_images`` images."""
+        """Train the head on precomputed patch features (M, D) (``patches``) of ``n_images`` images; at most
+        ``max_patches`` of them (a seeded random subset), standardised by the statistics of all M."""
         if data.ndim != 2 or data.shape[1] != self.channels or len(data) == 0:
             raise InputError(f"{self.name}: patch features {tuple(data.shape)}: expected (M, {self.channels}), M > 0")
+        self.n_patches_total = len(data)
+        limit = self.config.max_patches
         with torch.no_grad():
             self.head.mean.copy_(data.mean(0))
             self.head.std.copy_(data.std(0).clamp_min(1e-6))
+        if limit is not None and len(data) > limit:
+            pick = torch.randperm(len(data), generator=torch.Generator().manual_seed(self.config.seed))[:limit]
+            data = data[torch.sort(pick).values]
         self.n_images, self.n_patches = int(n_images), len(data)
         self.history = train(self.head, data, self.loss, self.settings(), self.progress, desc=self.name)
         self.head.eval()
@@ -216,6 +229,7 @@ class SimpleNet(Detector):
             "input": self.input_spec(),
             "model": {**self.model_block(), "parameters": params,
                       "fit": {**asdict(cfg), "n_images": self.n_images, "n_patches": self.n_patches,
+                              "n_patches_total": self.n_patches_total,
                               "augment_views": list(self.views), "history": self.history.summary()}},
             "outputs": {"names": list(self.output_names), "error": {"shape": ["N", 1, h, w],
                                                                      "stride": cfg.image_size // h}},
