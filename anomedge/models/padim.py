@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..errors import InputError
 from ..scoring.kernels import inverse_cov_factor
+from .augment import parse_augment
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract
@@ -162,6 +163,7 @@ class PadimConfig:
     blur_sigma: float = 4.0
     batch_size: int = 16
     position_chunk: int = 64  # positions per covariance/factor chunk (memory bound of the fit)
+    augment: str = "none"  # or a comma list of hflip, vflip, rot180: transformed training copies (models/augment.py)
     seed: int = 0
     # ship the float64 sufficient statistics (stats.npy, models.gaussian_stats) so that ad-update can add
     # good images exactly; never read by the runtime. 14×14 grid, 100 channels: 8.2 MB.
@@ -189,6 +191,7 @@ class Padim(Detector):
         if cfg.shrinkage == "none" and cfg.ridge == 0:
             raise InputError("shrinkage none with ridge 0: the covariance may be singular; set ridge > 0 "
                              "(PaDiM uses 0.01) or shrinkage=ledoit_wolf")
+        self.views = parse_augment(cfg.augment)
         self.progress = progress
         self.spec = BackboneSpec.from_dict(cfg.backbone).with_weights_hash()
         extractor = build_backbone(self.spec)
@@ -222,7 +225,7 @@ class Padim(Detector):
         if len(train) == 0:
             raise InputError("no training images: PaDiM needs at least one good image")
         cfg = self.config
-        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
+        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress, self.views)
         n, c, h, w = feats.shape
         self.grid = (h, w)
         x = feats.reshape(n, c, h * w).transpose(2, 0, 1)  # (P,N,C) view
@@ -230,7 +233,7 @@ class Padim(Detector):
                              for start in range(0, h * w, cfg.position_chunk)])
         self.mean, self.factor = gaussian_arrays(self.stats, cfg.shrinkage, cfg.ridge, cfg.factor_dtype,
                                                  cfg.position_chunk)
-        self.n_train = n
+        self.n_train, self.n_images = n, len(train)
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -247,7 +250,7 @@ class Padim(Detector):
         c = int(self.mean.shape[1])
         return {
             "input": self.input_spec(),
-            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train,
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train, "n_images": self.n_images,
                                                     "total_channels": self.total_channels},
                       **({"stats": stats_block(self.stats.count)} if cfg.update_stats else {})},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", c, h, w],

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..benchmark import fastest_knn_kernel
 from ..errors import InputError
+from .augment import parse_augment
 from .backbones import BackboneSpec, build_backbone
 from .coreset import greedy_coreset
 from .coreset_extend import coverage_radius
@@ -61,6 +62,7 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0
     bank_dtype: str = "float32"
     batch_size: int = 16
+    augment: str = "none"  # or a comma list of hflip, vflip, rot180: transformed training copies (models/augment.py)
     seed: int = 0
 
 
@@ -73,6 +75,7 @@ class PatchCore(Detector):
         self.config = config or PatchCoreConfig()
         if not 0 < self.config.coreset_fraction <= 1:
             raise InputError(f"coreset fraction {self.config.coreset_fraction}: expected a value in (0, 1]")
+        self.views = parse_augment(self.config.augment)
         self.progress = progress
         self.spec = BackboneSpec.from_dict(self.config.backbone).with_weights_hash()
         self._graph = self.build_graph(self.model_block())
@@ -97,7 +100,7 @@ class PatchCore(Detector):
     def fit(self, train: Sequence[Path]) -> "PatchCore":
         if len(train) == 0:
             raise InputError("no training images: PatchCore needs at least one good image")
-        feats = extract(self._graph, train, self.input_spec(), self.config.batch_size, self.progress)
+        feats = extract(self._graph, train, self.input_spec(), self.config.batch_size, self.progress, self.views)
         n, d, h, w = feats.shape
         self.grid = (h, w)
         patches = feats.transpose(0, 2, 3, 1).reshape(-1, d)
