@@ -46,7 +46,11 @@ class PadimFeatures(torch.nn.Module):
         self.select = channel_index is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.extractor(x)
+        return self.combine(self.extractor(x))
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps (finest first) → (N,C,h,w); ``extractor`` may be None when only this is used
+        (the one-pass ensemble feeds it a shared backbone's maps)."""
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         feats = torch.cat(maps, dim=1)
@@ -193,7 +197,11 @@ class Padim(Detector):
         if len(train) == 0:
             raise InputError("no training images: PaDiM needs at least one good image")
         cfg = self.config
-        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
+        return self.fit_features(extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress))
+
+    def fit_features(self, feats: np.ndarray) -> "Padim":
+        """Fit on the graph's output for the good images, ``feats`` (N,C,h,w) float32."""
+        cfg = self.config
         n, c, h, w = feats.shape
         self.grid = (h, w)
         x = torch.from_numpy(feats.reshape(n, c, h * w)).permute(2, 0, 1)  # (P,N,C) view
