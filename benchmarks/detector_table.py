@@ -64,6 +64,8 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
     ("padim 7×7 top5%", "padim", {"grid_pool": 4, "reduction": TOP5}, "top 2 of 49 positions"),
     ("padim stages 1+2+4 14×14 top5%", "padim", {"backbone": {"stages": [1, 2, 4]}, "grid_pool": 4, "reduction": TOP5},
      "stride-4 grid pooled ×4"),
+    ("ensemble", "ensemble", {}, "PaDiM 2+3+4 14×14 top-2 % + PatchCore, one Lite0 pass, z-score fusion"),
+    ("ensemble robust", "ensemble", {"normalisation": "robust"}, "as ensemble, median / MAD normalisation"),
     ("global_knn k=1", "global_knn", {"k": 1}, ""),
     ("global_knn k=5", "global_knn", {"k": 5}, ""),
     ("kmeans 8", "kmeans", {"n_clusters": 8}, ""),

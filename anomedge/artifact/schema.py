@@ -44,7 +44,10 @@ MAX_DRIFT_SAMPLE = 1000  # thresholds.drift.scores (runtime.drift keeps at most 
 
 COLORS = ("RGB", "BGR", "GRAY")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
-KINDS = ("knn", "mahalanobis", "reconstruction")
+KINDS = ("knn", "mahalanobis", "reconstruction", "ensemble")
+MEMBER_KINDS = ("knn", "mahalanobis")  # what an ensemble member may be
+MAX_MEMBERS = 8
+MEMBER_PREFIX = re.compile(r"m[0-9]_")
 PLACEMENTS = ("host", "graph")
 BANK_DTYPES = ("float32", "float16")
 OPENVINO_PRECISIONS = ("fp32", "fp16")
@@ -300,8 +303,40 @@ def _check_scoring(scoring: dict[str, Any], files: dict[str, str]) -> None:
             _num(scoring["ridge"], "scoring.ridge", 0.0, 1e6)
         for name in ("mean.npy", "factor.npy"):
             _needs(files, name, kind)
+    elif kind == "ensemble":
+        _check_ensemble(scoring, files)
     else:
         _num(scoring.get("map_sigma", 0.0), "scoring.map_sigma", 0.0, MAX_SIGMA)
+
+
+def _check_ensemble(scoring: dict[str, Any], files: dict[str, str]) -> None:
+    """``scoring.members``: 1..8 host heads (knn / mahalanobis) with prefixed files, their own postprocess
+    and finite normalisation constants (``scoring.ensemble``)."""
+    _str(scoring.get("rule", "mean"), "scoring.rule", ("mean",))
+    _str(scoring.get("normalisation"), "scoring.normalisation", ("zscore", "robust"))
+    members = _list(scoring.get("members"), "scoring.members", max_len=MAX_MEMBERS)
+    if not members:
+        _fail("scoring.members", members, f"1 to {MAX_MEMBERS} members")
+    seen = set()
+    for i, member in enumerate(members):
+        where = f"scoring.members[{i}]"
+        member = _dict(member, where)
+        prefix = _str(member.get("prefix"), f"{where}.prefix")
+        if not MEMBER_PREFIX.fullmatch(prefix) or prefix in seen:
+            _fail(f"{where}.prefix", prefix, "a distinct prefix m0_ … m7_")
+        seen.add(prefix)
+        _str(member.get("output"), f"{where}.output")
+        _str(member.get("name"), f"{where}.name")
+        inner = _dict(member.get("scoring"), f"{where}.scoring")
+        _str(inner.get("kind"), f"{where}.scoring.kind", MEMBER_KINDS)
+        own = {name[len(prefix):]: digest for name, digest in files.items() if name.startswith(prefix)}
+        _check_scoring(inner, own)
+        _check_postprocess(_dict(member.get("postprocess"), f"{where}.postprocess"), files)
+        norm = _dict(member.get("norm"), f"{where}.norm")
+        for part in ("score", "map"):
+            block = _dict(norm.get(part), f"{where}.norm.{part}")
+            _num(block.get("loc"), f"{where}.norm.{part}.loc", -1e12, 1e12)
+            _num(block.get("scale"), f"{where}.norm.{part}.scale", 0.0, 1e12, low_open=True)
 
 
 def _check_postprocess(post: dict[str, Any], files: dict[str, str]) -> None:

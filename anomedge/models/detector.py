@@ -77,6 +77,7 @@ DETECTORS: dict[str, str] = {
     "autoencoder": "anomedge.models.autoencoder:Autoencoder",
     "mae": "anomedge.models.mae:MaskedAutoencoder",
     "simplenet": "anomedge.models.simplenet:SimpleNet",
+    "ensemble": "anomedge.models.ensemble:Ensemble",
 }
 
 

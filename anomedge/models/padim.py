@@ -52,7 +52,11 @@ class PadimFeatures(torch.nn.Module):
         self.select = channel_index is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.extractor(x)
+        return self.combine(self.extractor(x))
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps (finest first) → (N,C,h,w); ``extractor`` may be None when only this is used
+        (the one-pass ensemble feeds it a shared backbone's maps)."""
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         feats = torch.cat(maps, dim=1)
@@ -225,7 +229,13 @@ class Padim(Detector):
         if len(train) == 0:
             raise InputError("no training images: PaDiM needs at least one good image")
         cfg = self.config
-        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress, self.views)
+        return self.fit_features(extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress,
+                                         self.views), n_images=len(train))
+
+    def fit_features(self, feats: np.ndarray, n_images: int | None = None) -> "Padim":
+        """Fit on the graph's output for the good images (and their augmented views), ``feats`` (N,C,h,w)
+        float32; ``n_images``: how many images they came from (default N)."""
+        cfg = self.config
         n, c, h, w = feats.shape
         self.grid = (h, w)
         x = feats.reshape(n, c, h * w).transpose(2, 0, 1)  # (P,N,C) view
@@ -233,7 +243,7 @@ class Padim(Detector):
                              for start in range(0, h * w, cfg.position_chunk)])
         self.mean, self.factor = gaussian_arrays(self.stats, cfg.shrinkage, cfg.ridge, cfg.factor_dtype,
                                                  cfg.position_chunk)
-        self.n_train, self.n_images = n, len(train)
+        self.n_train, self.n_images = n, n_images or n
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:

@@ -40,7 +40,11 @@ class PatchFeatures(torch.nn.Module):
         self.aggregation = aggregation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.extractor(x)
+        return self.combine(self.extractor(x))
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps (finest first) → (N,D,h,w); ``extractor`` may be None when only this is used
+        (the one-pass ensemble feeds it a shared backbone's maps)."""
         k = self.aggregation
         if k > 1:
             maps = [F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False) for m in maps]
@@ -100,7 +104,11 @@ class PatchCore(Detector):
     def fit(self, train: Sequence[Path]) -> "PatchCore":
         if len(train) == 0:
             raise InputError("no training images: PatchCore needs at least one good image")
-        feats = extract(self._graph, train, self.input_spec(), self.config.batch_size, self.progress, self.views)
+        return self.fit_features(extract(self._graph, train, self.input_spec(), self.config.batch_size,
+                                         self.progress, self.views))
+
+    def fit_features(self, feats: np.ndarray) -> "PatchCore":
+        """Fit on the graph's output for the good images (and their augmented views), ``feats`` (N,D,h,w) float32."""
         n, d, h, w = feats.shape
         self.grid = (h, w)
         patches = feats.transpose(0, 2, 3, 1).reshape(-1, d)

@@ -92,6 +92,8 @@ def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel
             return masked_postprocess(patch_scores, mask, size, post["blur_sigma"], post["reduction"])
         return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
 
+    # a head that reduces and maps its own outputs (scoring.kind ensemble: per member, then fused)
+    postprocess = getattr(head, "postprocess", postprocess)
     return Stages(lambda frames: preprocess(frames, meta.input), backend.infer, head, postprocess)
 
 

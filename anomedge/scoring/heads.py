@@ -6,6 +6,8 @@ One table ``HEADS`` maps the artifact's ``scoring.kind`` to a head built from th
 - ``mahalanobis``: output ``features`` (N,C,h,w), ``mean.npy`` (h·w,C), ``factor.npy`` (h·w,C,C) with
   L Lᵀ = Σ⁻¹ → sqrt of the squared Mahalanobis distance per position.
 - ``reconstruction``: output ``error`` (N,1,h,w) or (N,h,w) is already the per-pixel score.
+- ``ensemble``: several of the above over one graph pass (``scoring.ensemble``); that head also
+  fuses the members' image scores and maps (its ``postprocess``).
 ``PassThroughHead`` is the head of placement ``graph``: the scoring ran inside the graph, its
 ``patch_scores`` (N,h,w) pass through.
 """
@@ -134,10 +136,18 @@ class PassThroughHead:
         return outputs["patch_scores"]
 
 
+def _ensemble_head(artifact: Artifact, kernel: str | None = None):
+    """``scoring.ensemble.EnsembleHead``: member heads over one graph pass; it brings its own ``postprocess``."""
+    from .ensemble import EnsembleHead
+
+    return EnsembleHead(artifact, kernel)
+
+
 HEADS: dict[str, Callable[[Artifact, str | None], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
     "knn": KnnHead,
     "mahalanobis": MahalanobisHead,
     "reconstruction": ReconstructionHead,
+    "ensemble": _ensemble_head,
 }
 
 
