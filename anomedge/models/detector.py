@@ -76,6 +76,7 @@ DETECTORS: dict[str, str] = {
     "kmeans": "anomedge.models.baseline:KMeansBaseline",
     "autoencoder": "anomedge.models.autoencoder:Autoencoder",
     "mae": "anomedge.models.mae:MaskedAutoencoder",
+    "teacher_student": "anomedge.models.teacher_student:TeacherStudent",
 }
 
 
