@@ -77,6 +77,7 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
     ("autoencoder ssim", "autoencoder", {"ssim_weight": 1.0, "error_map": "ssim"}, "MSE + SSIM loss, SSIM map"),
     ("mae", "mae", {}, "64 px, LayerNorm"),
     ("mae dyt", "mae", {"norm": "dyt"}, "Dynamic Tanh"),
+    ("teacher_student", "teacher_student", {}, "EfficientAD-style: student on Lite0 block 1 → blocks 2+4, 10 epochs, max"),
 ]
 KNOWN = {d for _, d, _, _ in VARIANTS}
 

@@ -127,12 +127,93 @@ def select(cells, names, epochs_override=None) -> list[dict]:
     return rows
 
 
+# ---- the measurement through the exported artifact ---------------------------------------------------------
+
+def artifact_mb(artifact) -> float:
+    return sum((artifact.root / f).stat().st_size for f in artifact.metadata.files) / 2**20
+
+
+def ort_scores(artifact, paths, batch: int = 8) -> np.ndarray:
+    from anomedge.runtime.pipeline import Inspector
+    from anomedge.runtime.preprocess import read_image
+
+    with Inspector(artifact, "onnxruntime", threads=2) as insp:
+        return np.concatenate([insp.inspect([read_image(p) for p in paths[i:i + batch]]).scores
+                               for i in range(0, len(paths), batch)])
+
+
+def interleaved_p50(artifacts: dict, frames, runs: int) -> dict[str, dict[str, float]]:
+    """Batch-1 end-to-end latency of each artifact on onnxruntime (2 threads), strictly alternating
+    frame by frame so that both see the same machine load."""
+    from anomedge.runtime.pipeline import Inspector
+
+    inspectors = {k: Inspector(a, "onnxruntime", threads=2).__enter__() for k, a in artifacts.items()}
+    times = {k: [] for k in artifacts}
+    try:
+        for i in range(runs + 5):
+            for k, insp in inspectors.items():
+                start = time.perf_counter()
+                insp.inspect([frames[i % len(frames)]])
+                if i >= 5:
+                    times[k].append((time.perf_counter() - start) * 1e3)
+    finally:
+        for insp in inspectors.values():
+            insp.__exit__(None, None, None)
+    return {k: {"p50_ms": float(np.median(v)), "p99_ms": float(np.percentile(v, 99)), "min_ms": float(np.min(v))}
+            for k, v in times.items()}
+
+
+def measure(cells, seeds, params, work: Path, runs: int, out_json: str) -> dict:
+    from anomedge.benchmark import parity, reference_and_runtime
+    from anomedge.export.fit import fit_and_export
+    from anomedge.runtime.preprocess import read_image
+
+    result = {"params": params, "splits": []}
+    plan = [(c, s) for s in seeds for c in cells]  # every cell's split 0 first: a cut-short run keeps both
+    for cell, seed in plan:
+        split = load_elpv(cell, seed=seed)
+        out = work / f"{cell}-{seed}"
+        report = fit_and_export(split.train, "teacher_student", params, out, progress=False)
+        scores = ort_scores(report.artifact, list(split.test))
+        row = {"cell": cell, "seed": seed, "auroc": auroc(split.test_labels, scores), "fit_s": report.fit_seconds,
+               "size_mb": artifact_mb(report.artifact), "n_fit": report.n_fit,
+               "fit_detail": report.artifact.metadata.model["fit"]["seconds"]}
+        if seed == seeds[0] and cell == cells[0]:
+            frames = [read_image(p) for p in split.test[:16]]
+            p = parity(*reference_and_runtime(report.artifact, frames[:8]))
+            row["parity"] = {"max_rel_dscore": p.max_rel_score_diff, "max_dmap": p.max_map_diff,
+                             "agree": p.decision_agreement}
+            pc = fit_and_export(split.train, "patchcore", {}, work / f"patchcore-{cell}-{seed}", progress=False)
+            row["patchcore"] = {"auroc": auroc(split.test_labels, ort_scores(pc.artifact, list(split.test))),
+                                "fit_s": pc.fit_seconds, "size_mb": artifact_mb(pc.artifact)}
+            row["latency"] = interleaved_p50({"teacher_student": report.artifact, "patchcore": pc.artifact}, frames, runs)
+        print(json.dumps(row), flush=True)
+        result["splits"].append(row)
+        result["summary"] = summary(result["splits"])
+        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(out_json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+def summary(rows) -> dict:
+    out = {}
+    for cell in sorted({r["cell"] for r in rows}):
+        a = np.array([r["auroc"] for r in rows if r["cell"] == cell])
+        out[cell] = {"n_splits": int(a.size), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if a.size > 1 else 0.0,
+                     "per_split": [round(float(v), 4) for v in a]}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--select", action="store_true", help="model choice on held-out good + synthetic defects")
     ap.add_argument("--configs", default="", help="comma list of CANDIDATES names (--select; default all)")
     ap.add_argument("--cells", default="mono,poly")
     ap.add_argument("--json", default="")
+    ap.add_argument("--seeds", default="0,1,2,3,4")
+    ap.add_argument("--params", default="{}", help="teacher_student parameters (JSON)")
+    ap.add_argument("--runs", type=int, default=60, help="timed frames per artifact (interleaved)")
+    ap.add_argument("--keep", default="", help="keep the artifacts here (default: a temporary folder)")
     args = ap.parse_args(argv)
     cells = [c for c in args.cells.split(",") if c]
     if args.select:
@@ -141,6 +222,10 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=1))
         return 0
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="teacher_student_"))
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    result = measure(cells, seeds, json.loads(args.params), work, args.runs, args.json or "runs/teacher_student.json")
+    print(json.dumps(result["summary"], indent=1))
     return 0
 
 
