@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ..models.detector import DETECTORS
 from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
-@click.option("--detector", default="patchcore", show_default=True, help="patchcore | padim | vit | global_knn | kmeans | autoencoder | mae | simplenet.")
+@click.option("--detector", default="patchcore", show_default=True, help=" | ".join(DETECTORS) + ".")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
 @click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")
@@ -66,8 +67,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
-    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet"):
-        raise click.BadParameter(f"{detector} already scores inside its graph (its error map); "
+    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet", "teacher_student"):
+        raise click.BadParameter(f"{detector} already scores inside its graph (its anomaly map); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,

@@ -78,6 +78,7 @@ DETECTORS: dict[str, str] = {
     "mae": "anomedge.models.mae:MaskedAutoencoder",
     "simplenet": "anomedge.models.simplenet:SimpleNet",
     "ensemble": "anomedge.models.ensemble:Ensemble",
+    "teacher_student": "anomedge.models.teacher_student:TeacherStudent",
 }
 
 
