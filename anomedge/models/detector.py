@@ -76,6 +76,7 @@ DETECTORS: dict[str, str] = {
     "kmeans": "anomedge.models.baseline:KMeansBaseline",
     "autoencoder": "anomedge.models.autoencoder:Autoencoder",
     "mae": "anomedge.models.mae:MaskedAutoencoder",
+    "synthetic_seg": "anomedge.models.synthetic_seg:SyntheticSeg",
 }
 
 
