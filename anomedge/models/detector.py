@@ -79,6 +79,7 @@ DETECTORS: dict[str, str] = {
     "simplenet": "anomedge.models.simplenet:SimpleNet",
     "ensemble": "anomedge.models.ensemble:Ensemble",
     "teacher_student": "anomedge.models.teacher_student:TeacherStudent",
+    "synthetic_seg": "anomedge.models.synthetic_seg:SyntheticSeg",
 }
 
 
