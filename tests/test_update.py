@@ -290,10 +290,12 @@ def test_cli_signed_input_says_the_update_needs_signing(artifact_copy, tmp_path,
 # --- PaDiM through real artifacts: update(A) then update(B) == fit(A ∪ B) ---------------------------------
 
 @pytest.mark.slow  # three PaDiM exports (the ONNX export dominates)
-def test_padim_artifact_updates_equal_a_refit_on_the_union(elpv_paths, tmp_path):
+@pytest.mark.parametrize("augment,views", [("none", 1), ("hflip", 2)])
+def test_padim_artifact_updates_equal_a_refit_on_the_union(elpv_paths, tmp_path, augment, views):
+    """With ``augment`` the update feeds the same flipped copies the fit did, so it stays exact."""
     from anomedge.export.fit import fit_and_export
 
-    params = {"image_size": 32, "n_channels": 12, "grid_pool": 1}
+    params = {"image_size": 32, "n_channels": 12, "grid_pool": 1, "augment": augment}
     base, a, b = elpv_paths[:10], elpv_paths[10:16], elpv_paths[16:22]
     fit_and_export(base, "padim", params, tmp_path / "v1", holdout=0.0, progress=False)
     v2 = update_artifact(tmp_path / "v1", a, tmp_path / "v2", keep_threshold=True, progress=False)
@@ -301,7 +303,7 @@ def test_padim_artifact_updates_equal_a_refit_on_the_union(elpv_paths, tmp_path)
     refit = fit_and_export([*base, *a, *b], "padim", params, tmp_path / "refit", holdout=0.0, progress=False).artifact
     new = v3.artifact
     assert new.metadata.model["version"] == 3 and len(new.metadata.model["history"]) == 2
-    assert new.metadata.model["stats"]["count"] == refit.metadata.model["stats"]["count"] == 22
+    assert new.metadata.model["stats"]["count"] == refit.metadata.model["stats"]["count"] == 22 * views
     for name in ("mean.npy", "factor.npy", "stats.npy"):
         ref = refit.array(name)
         np.testing.assert_allclose(new.array(name), ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=name)

@@ -80,10 +80,12 @@ def read_frames(paths: Sequence[Path], max_pixels: int) -> tuple[list[np.ndarray
 
 
 def feed(updater, graph, paths: Sequence[Path], spec, batch_size: int, max_pixels: int,
-         progress: bool | None) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Run the new images through ``graph`` in batches (progress bar over images) into ``updater``."""
+         progress: bool | None, views: tuple[str, ...] = ()) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Run the new images — and the augmented views the artifact was fitted with (``augment.VIEWS`` names),
+    as the fit did — through ``graph`` in batches (progress bar over images) into ``updater``."""
     import torch
 
+    from ..models.augment import with_views
     from ..progress import progress as counter
 
     used, skipped = [], []
@@ -100,9 +102,10 @@ def feed(updater, graph, paths: Sequence[Path], spec, batch_size: int, max_pixel
                     bad.append((str(path), str(exc)))
                     warnings.warn(f"skipped {path}: {exc}")
             if good_frames:
-                out = graph(torch.from_numpy(np.stack(good_frames)))
-                out = out[0] if isinstance(out, (tuple, list)) else out
-                updater.add(out.float().numpy())
+                for batch in with_views([torch.from_numpy(np.stack(good_frames))], views):
+                    out = graph(batch)
+                    out = out[0] if isinstance(out, (tuple, list)) else out
+                    updater.add(out.float().numpy())
             used += good_paths
             skipped += bad
             bar.update(len(chunk))
@@ -151,8 +154,14 @@ def update_artifact(src: str | os.PathLike, good: Sequence[Path], out: str | os.
             notes.append(f"{len(paths)} new images: too few to hold {holdout:.0%} out for a new threshold; "
                          "the threshold in force is kept (recalibrate with ad-calibrate)")
     meta = artifact.metadata
+    if getattr(meta, "tiling", None):
+        raise InputError(f"{src}: a tiled artifact (--tile); ad-update does not cut new images into tiles yet — "
+                         "refit on the union with ad-export")
+    from ..models.augment import parse_augment
+
+    views = parse_augment(str(meta.model.get("fit", {}).get("augment", "none")))
     graph = get_detector(meta.detector).build_graph(meta.model, artifact).eval()
-    used, skipped = feed(updater, graph, fit_paths, meta.input, batch_size, max_pixels, progress)
+    used, skipped = feed(updater, graph, fit_paths, meta.input, batch_size, max_pixels, progress, views)
     if not used:
         first = skipped[0][1] if skipped else "no images"
         raise InputError(f"none of the {len(fit_paths)} new good images could be used (first: {first}); "
