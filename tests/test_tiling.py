@@ -282,3 +282,11 @@ def test_ignore_mask_applies_at_frame_resolution(tiled, tmp_path):
     # partly masked tile's (lower than its unmasked score)
     clear = [i for i, (y, x) in enumerate(origins) if not mask[y:y + TILE, x:x + TILE].any()]
     assert out.scores[0] >= per_tile[clear].max() - 1e-5
+
+
+@pytest.mark.parametrize("args,words", [(["--tile-mode", "per_position"], "not supported yet"),
+                                        (["--overlap", "200"], "--overlap")])
+def test_ad_export_refuses_bad_tiling_before_the_fit(tmp_path, args, words):
+    result = ad("export", "synthetic:brick", "--out", tmp_path / "a", "--tile", "224", *args)
+    assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()
