@@ -37,7 +37,7 @@ from .backends.base import Backend, Stages
 from .decision import Decision, thresholds_for
 from .preprocess import preprocess
 from .registry import get_backend
-from .tiling import Stitcher, TilingSpec, crop, grid
+from .tiling import TilingSpec
 
 STAGE_NAMES = ("preprocess", "infer", "score", "postprocess")
 PLACEMENTS = ("host", "graph")
@@ -156,7 +156,9 @@ class Inspector:
         recorded without one). On a tiled artifact each frame is tiled (module docstring) unless
         ``tiled=False``; then ``maps`` is (N,H,W) at frame resolution (frames of one size per call)."""
         if self.tiling is not None and tiled:
-            results = [self._inspect_tiled(frame, self.ignore_mask if ignore_mask else None) for frame in frames]
+            from .tiled import inspect_tiled
+
+            results = [inspect_tiled(self, frame, self.ignore_mask if ignore_mask else None) for frame in frames]
             timings = {name: sum(r.timings_ms[name] for r in results) for name in STAGE_NAMES}
             return Inspection(np.concatenate([r.scores for r in results]), np.stack([r.maps[0] for r in results]),
                               timings)
@@ -171,72 +173,3 @@ class Inspector:
             timings[name] = (time.perf_counter() - start) * 1e3
         scores, maps = value
         return Inspection(_as_numpy(scores).astype(np.float32), _as_numpy(maps).astype(np.float32), timings)
-
-    def _inspect_tiled(self, frame: np.ndarray, mask: IgnoreMask | None) -> Inspection:
-        """One frame → its tiles in batches of ``max_tile_batch`` → score (max over tiles), stitched map
-        (1,H,W); stitching is timed as postprocess. ``mask`` (frame resolution): each tile scored under its
-        crop of the mask (a tile with every patch cell ignored is left out of the score), the stitched map
-        zeroed on every masked pixel."""
-        if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
-            raise InputError(f"frame of type {type(frame).__name__}: expected an (H,W) or (H,W,C) image array")
-        if mask is not None and frame.shape[:2] != mask.pixels.shape:
-            raise InputError(f"frame {frame.shape[1]}×{frame.shape[0]} px: this tiled artifact's ignore mask is "
-                             f"{mask.pixels.shape[1]}×{mask.pixels.shape[0]} (the fit frames); inspect frames of that "
-                             "size or ad-mask ARTIFACT --clear")
-        spec = self.tiling
-        origins = grid(frame.shape[0], frame.shape[1], spec)
-        timings = dict.fromkeys(STAGE_NAMES, 0.0)
-        scores, kept, stitcher = [], [], Stitcher(frame.shape[:2], spec)
-        for start in range(0, len(origins), self.max_tile_batch):
-            batch = origins[start:start + self.max_tile_batch]
-            tiles = crop(frame, batch, spec.tile)
-            if mask is None:
-                part, keep = self.inspect(tiles, ignore_mask=False, tiled=False), np.ones(len(batch), bool)
-            else:
-                part, keep = self._masked_tiles(tiles, batch, mask)
-            scores.append(part.scores)
-            kept.append(keep)
-            for name in STAGE_NAMES:
-                timings[name] += part.timings_ms[name]
-            begin = time.perf_counter()
-            stitcher.add(part.maps, batch)
-            timings["postprocess"] += (time.perf_counter() - begin) * 1e3
-        full = stitcher.result()
-        if mask is not None:
-            full[mask.pixels] = 0.0
-        tile_scores = np.concatenate(scores)[np.concatenate(kept)]
-        ok = tile_scores.size and np.isfinite(tile_scores).all()
-        score = np.float32(tile_scores.max()) if ok else np.float32(np.nan)  # fail closed
-        return Inspection(np.array([score], np.float32), full[None], timings)
-
-    def _masked_tiles(self, tiles: list[np.ndarray], origins: np.ndarray, mask: IgnoreMask) -> tuple[Inspection, np.ndarray]:
-        """A batch of tiles, each postprocessed under its crop of the frame-resolution ``mask`` (resized
-        nearest to the model input) → (Inspection, kept (B,) bool: False where every patch cell is ignored)."""
-        import cv2
-
-        stages, spec, side = self.stages, self.artifact.metadata.input, self.tiling.tile
-        timings: dict[str, float] = {}
-        value: Any = tiles
-        for name in STAGE_NAMES[:-1]:
-            start = time.perf_counter()
-            value = getattr(stages, name)(value)
-            timings[name] = (time.perf_counter() - start) * 1e3
-        start = time.perf_counter()
-        scores = np.zeros(len(tiles), np.float32)
-        maps = np.zeros((len(tiles), spec.height, spec.width), np.float32)
-        kept = np.ones(len(tiles), bool)
-        for i, (y, x) in enumerate(origins):
-            sub = cv2.resize(mask.pixels[y:y + side, x:x + side].astype(np.uint8), (spec.width, spec.height),
-                             interpolation=cv2.INTER_NEAREST).astype(bool)
-            tile_mask = IgnoreMask(sub) if sub.any() else None
-            if tile_mask is not None:
-                try:
-                    tile_mask.keep(tuple(value.shape[1:]))
-                except ArtifactError:  # every patch cell of this tile is ignored
-                    kept[i] = False
-                    continue
-            s, m = (stages.postprocess(value[i:i + 1], tile_mask) if tile_mask is not None
-                    else stages.postprocess(value[i:i + 1]))
-            scores[i], maps[i] = _as_numpy(s)[0], _as_numpy(m)[0]
-        timings["postprocess"] = (time.perf_counter() - start) * 1e3
-        return Inspection(scores, maps, timings), kept
