@@ -253,15 +253,40 @@ def test_ad_verify_passes_on_the_tiled_artifact(tiled):
     assert "pass" in result.stdout
 
 
-def test_ignore_mask_on_a_tiled_artifact_is_refused(tiled, tmp_path):
+def test_ignore_mask_applies_at_frame_resolution(tiled, tmp_path):
     from anomedge.artifact import Artifact
     from anomedge.cli.mask import write_mask
     from anomedge.runtime.pipeline import Inspector
 
     copy = tmp_path / "a"
     shutil.copytree(tiled[0].artifact.root, copy, ignore=shutil.ignore_patterns(".cache"))
-    mask = np.zeros((TILE, TILE), np.uint8)
-    mask[:8] = 1
+    with pytest.raises(InputError, match=f"expected {FRAME}×{FRAME}"):
+        write_mask(copy, np.ones((TILE, TILE), np.uint8))  # model resolution is the wrong size here
+    mask = np.zeros((FRAME, FRAME), np.uint8)
+    mask[:64, 64:] = 1  # the top-right tile, where the defect is drawn
     write_mask(copy, mask)
-    with pytest.raises(InputError, match="ignore mask on a tiled artifact"):
-        Inspector(Artifact.load(copy))
+    frame = cv2.imread(str(brick_frames(tmp_path / "f", [41])[0]), cv2.IMREAD_UNCHANGED)
+    cv2.circle(frame, DEFECT_CENTRE, DEFECT_RADIUS, 0, -1)
+    artifact = Artifact.load(copy)
+    threshold = artifact.metadata.thresholds["image"]
+    with Inspector(artifact) as masked:
+        plain = masked.inspect([frame], ignore_mask=False)
+        out = masked.inspect([frame])
+        tiles, origins = cut(frame, TilingSpec(TILE, 16))
+        per_tile = masked.inspect(list(tiles), ignore_mask=False, tiled=False).scores
+        with pytest.raises(InputError, match="ignore mask"):
+            masked.inspect([frame[:, :100]])
+    assert plain.scores[0] > threshold >= out.scores[0]
+    assert np.all(out.maps[0][mask.astype(bool)] == 0) and np.all(plain.maps[0][mask.astype(bool)] > 0)
+    # reference: the tiles that do not touch the mask score as without it; the frame score is their max or a
+    # partly masked tile's (lower than its unmasked score)
+    clear = [i for i, (y, x) in enumerate(origins) if not mask[y:y + TILE, x:x + TILE].any()]
+    assert out.scores[0] >= per_tile[clear].max() - 1e-5
+
+
+@pytest.mark.parametrize("args,words", [(["--tile-mode", "per_position"], "not supported yet"),
+                                        (["--overlap", "200"], "--overlap")])
+def test_ad_export_refuses_bad_tiling_before_the_fit(tmp_path, args, words):
+    result = ad("export", "synthetic:brick", "--out", tmp_path / "a", "--tile", "224", *args)
+    assert result.returncode == 2 and words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "a").exists()

@@ -4,7 +4,8 @@ Contract vs mutable (docs/artifact.md):
 - ``thresholds`` is the only block meant to be edited after export (by ``ad-calibrate`` or by hand);
   it is schema-checked (finite numbers) but not hashed, so re-calibrating never needs a re-export.
 - Every other top-level block — detector, input, outputs, scoring, postprocess, model, files,
-  versions, created, schema_version and any block a newer writer adds — is the *contract*. Each is
+  versions, created, schema_version, tiling (optional, runtime.tiling) and any block a newer writer
+  adds — is the *contract*. Each is
   hashed (sha256 of its canonical JSON: sorted keys, no spaces) into ``spec_sha256`` = {block: hex}.
   Tools that legitimately extend an artifact (``ad-quantize`` variants, TensorRT / OpenVINO builds,
   the graph placement) change it only through ``Artifact.edit``, which re-hashes; a hand edit of a

@@ -46,12 +46,11 @@ def write_mask(root: str | Path, mask) -> float:
     import numpy as np
 
     from ..artifact import Artifact
-    from ..scoring.mask import check_mask
+    from ..scoring.mask import check_mask, mask_size
 
     root = Path(root)
     with Artifact.edit(root) as edit:
-        spec = edit.artifact.metadata.input
-        pixels = check_mask(np.asarray(mask), (spec.height, spec.width), "the ignore mask")
+        pixels = check_mask(np.asarray(mask), mask_size(edit.artifact.metadata), "the ignore mask")
         buffer = io.BytesIO()
         np.save(buffer, pixels.astype(np.uint8), allow_pickle=False)
         name = f"ignore_mask_{hashlib.sha256(buffer.getvalue()).hexdigest()[:12]}.npy"
@@ -103,7 +102,7 @@ def main(artifact, set_png, polygons, clear, template):
 
     from ..artifact import Artifact
     from ..errors import InputError
-    from ..scoring.mask import load_ignore_mask, polygons_mask
+    from ..scoring.mask import load_ignore_mask, mask_size, polygons_mask
 
     if sum(x is not None and x is not False for x in (set_png, polygons, clear or None, template)) > 1:
         raise InputError("give at most one of --set MASK.png, --polygons JSON, --clear, --template FRAME.png")
@@ -111,22 +110,22 @@ def main(artifact, set_png, polygons, clear, template):
         click.echo(f"{artifact}: ignore mask removed" if clear_mask(artifact) else f"{artifact}: had no ignore mask")
         return
     loaded = Artifact.load(artifact)
-    spec = loaded.metadata.input
+    height, width = mask_size(loaded.metadata)  # the model input; a tiled artifact: the frame
     if template:
-        gold = loaded.metadata.model.get("golden")
-        frame = loaded.array(gold.get("frames", "golden_frames.npy"))[0] if gold else np.zeros((spec.height, spec.width, 3), np.uint8)
+        gold = None if loaded.metadata.tiling else loaded.metadata.model.get("golden")
+        frame = loaded.array(gold.get("frames", "golden_frames.npy"))[0] if gold else np.zeros((height, width, 3), np.uint8)
         try:
             written = cv2.imwrite(template, frame)
         except cv2.error:  # an extension OpenCV cannot write
             written = False
         if not written:
             raise InputError(f"--template {template}: cannot write a PNG there; give a writable path ending in .png")
-        click.echo(f"wrote {template} ({spec.width}×{spec.height}): paint the regions to ignore white, the rest black")
+        click.echo(f"wrote {template} ({width}×{height}): paint the regions to ignore white, the rest black")
         return
     if set_png or polygons:
-        mask = _read_png(set_png) if set_png else polygons_mask(polygons, (spec.height, spec.width))
+        mask = _read_png(set_png) if set_png else polygons_mask(polygons, (height, width))
         fraction = write_mask(artifact, mask)
-        click.echo(f"{artifact}: ignore mask set, {fraction:.1%} of the {spec.width}×{spec.height} input ignored "
+        click.echo(f"{artifact}: ignore mask set, {fraction:.1%} of the {width}×{height} input ignored "
                    f"(artifact sha256 {Artifact.load(artifact).sha256[:16]}…; restart ad-run to use it)")
         return
     mask = load_ignore_mask(loaded)

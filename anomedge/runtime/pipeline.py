@@ -16,7 +16,8 @@ frame resolution, and the image score is the max over the tile scores (each tile
 artifact's own reduction, exactly as the fit and the golden frames saw it; a mean over the whole
 frame would dilute a few-pixel defect by the number of tiles). ``inspect(..., tiled=False)`` runs a
 frame as one model input (the golden frames: they prove the model, the cut / stitch are exact host
-code tested against numpy).
+code tested against numpy). An ignore mask on a tiled artifact is at frame resolution (``scoring.mask.mask_size``):
+each tile is postprocessed under its crop of it and the stitched map is zeroed on it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from .backends.base import Backend, Stages
 from .decision import Decision, thresholds_for
 from .preprocess import preprocess
 from .registry import get_backend
-from .tiling import Stitcher, TilingSpec, crop, grid
+from .tiling import TilingSpec
 
 STAGE_NAMES = ("preprocess", "infer", "score", "postprocess")
 PLACEMENTS = ("host", "graph")
@@ -121,9 +122,6 @@ class Inspector:
         self.artifact = artifact
         self.placement = placement
         self.ignore_mask = load_ignore_mask(artifact)
-        if self.tiling is not None and self.ignore_mask is not None:
-            raise InputError(f"{artifact.root}: an ignore mask on a tiled artifact is not supported (the mask is at "
-                             "model resolution, the map at frame resolution); ad-mask ARTIFACT --clear")
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
         try:
@@ -160,7 +158,9 @@ class Inspector:
         recorded without one). On a tiled artifact each frame is tiled (module docstring) unless
         ``tiled=False``; then ``maps`` is (N,H,W) at frame resolution (frames of one size per call)."""
         if self.tiling is not None and tiled:
-            results = [self._inspect_tiled(frame) for frame in frames]
+            from .tiled import inspect_tiled
+
+            results = [inspect_tiled(self, frame, self.ignore_mask if ignore_mask else None) for frame in frames]
             timings = {name: sum(r.timings_ms[name] for r in results) for name in STAGE_NAMES}
             return Inspection(np.concatenate([r.scores for r in results]), np.stack([r.maps[0] for r in results]),
                               timings)
@@ -175,26 +175,3 @@ class Inspector:
             timings[name] = (time.perf_counter() - start) * 1e3
         scores, maps = value
         return Inspection(_as_numpy(scores).astype(np.float32), _as_numpy(maps).astype(np.float32), timings)
-
-    def _inspect_tiled(self, frame: np.ndarray) -> Inspection:
-        """One frame → its tiles in batches of ``max_tile_batch`` → score (max over tiles), stitched map
-        (1,H,W); stitching is timed as postprocess."""
-        if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
-            raise InputError(f"frame of type {type(frame).__name__}: expected an (H,W) or (H,W,C) image array")
-        spec = self.tiling
-        origins = grid(frame.shape[0], frame.shape[1], spec)
-        timings = dict.fromkeys(STAGE_NAMES, 0.0)
-        scores, stitcher = [], Stitcher(frame.shape[:2], spec)
-        for start in range(0, len(origins), self.max_tile_batch):
-            batch = origins[start:start + self.max_tile_batch]
-            part = self.inspect(crop(frame, batch, spec.tile), ignore_mask=False, tiled=False)
-            scores.append(part.scores)
-            for name in STAGE_NAMES:
-                timings[name] += part.timings_ms[name]
-            begin = time.perf_counter()
-            stitcher.add(part.maps, batch)
-            timings["postprocess"] += (time.perf_counter() - begin) * 1e3
-        full = stitcher.result()
-        tile_scores = np.concatenate(scores)
-        score = np.float32(tile_scores.max()) if np.isfinite(tile_scores).all() else np.float32(np.nan)
-        return Inspection(np.array([score], np.float32), full[None], timings)

@@ -14,6 +14,7 @@ Torch-free (numpy + OpenCV). Contract:
 - ``stitch(maps (T,h,w), origins, (H,W), spec)`` → (H,W) float32: each map resized to tile×tile
   (bilinear when h,w ≠ tile) and placed at its origin; ``linear``: Σ wᵢ·mᵢ / Σ wᵢ with ``weights``
   (separable ramp, > 0 everywhere, so a constant map stitches to the same constant); ``max``: pixel max.
+  ``Stitcher`` does the same batch by batch (two (H,W) float32 planes, whatever the tile count).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Ignore masks: regions of the model input where anomalies are expected and harmless (numpy + OpenCV).
 
-An artifact may hold ``ignore_mask_<sha12>.npy``: (H,W) uint8 at model resolution, non-zero = ignore. It is listed
+An artifact may hold ``ignore_mask_<sha12>.npy``: (H,W) uint8 at model resolution (a tiled artifact: at
+frame resolution, ``mask_size``; runtime.pipeline applies it per tile and zeroes the stitched map), non-zero = ignore. It is listed
 in ``files`` and named by ``postprocess.ignore_mask`` — both hashed contract blocks, so ``ad-mask`` writes
 it through ``Artifact.edit`` (re-hash; a stale signature is removed with a warning) and a hand-swapped
 mask is refused at load like any tampered file (docs/drift-and-masks.md says why it is contract).
@@ -55,13 +56,27 @@ class IgnoreMask:
         return float(self.pixels.mean())
 
 
+def mask_size(metadata: Any) -> tuple[int, int]:
+    """(H,W) an ignore mask is drawn at: the model input, or for a tiled artifact (``runtime.tiling``) the
+    frame size it was fitted on (``tiling.fit_frame_size``): there the mask applies at frame resolution."""
+    tiling = getattr(metadata, "tiling", None)
+    if not tiling:
+        return metadata.input.height, metadata.input.width
+    size = tiling.get("fit_frame_size")
+    if not size:
+        raise InputError("this tiled artifact was fitted on frames of different sizes, so an ignore mask has no "
+                         "frame size to be drawn at; re-export it on frames of one size")
+    return int(size[0]), int(size[1])
+
+
 def check_mask(array: np.ndarray, size: tuple[int, int], where: str, error: type = InputError) -> np.ndarray:
     """A stored / given mask → (H,W) bool; one-line ``error`` for a wrong size, dtype, or a mask that
     ignores everything."""
     height, width = size
     if array.ndim != 2 or array.shape != (height, width):
         raise error(f"{where} is {'×'.join(map(str, array.shape[::-1]))} px, expected {width}×{height} "
-                    "(the model input); draw it at model resolution (ad-mask --template writes one)")
+                    "(the model input, or the frame for a tiled artifact); draw it at that size "
+                    "(ad-mask --template writes one)")
     if array.dtype not in (np.uint8, np.bool_):
         raise error(f"{where} has dtype {array.dtype}, expected uint8 (0 = inspect, non-zero = ignore)")
     pixels = array.astype(bool)
@@ -75,8 +90,7 @@ def load_ignore_mask(artifact: Any) -> IgnoreMask | None:
     name = artifact.metadata.postprocess.get("ignore_mask")
     if name is None:
         return None
-    spec = artifact.metadata.input
-    return IgnoreMask(check_mask(artifact.array(name), (spec.height, spec.width), f"{artifact.root / name}",
+    return IgnoreMask(check_mask(artifact.array(name), mask_size(artifact.metadata), f"{artifact.root / name}",
                                  ArtifactError))
 
 
