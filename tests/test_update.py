@@ -271,6 +271,9 @@ def test_cli_bad_inputs_are_one_line_exit_2(artifact_copy, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = _cli(str(artifact_copy), "--good", str(tmp_path / "empty"))
     assert empty.returncode == 2 and "no images found" in empty.stderr
+    (artifact_copy / "model.onnx").write_bytes(b"tampered")  # the hash check comes before the image list
+    tampered = _cli(str(artifact_copy), "--good", str(tmp_path / "nope"))
+    assert tampered.returncode == 2 and "model.onnx: sha256" in tampered.stderr
 
 
 @pytest.mark.slow  # a whole update in a child process (torch import + features + golden frames)
