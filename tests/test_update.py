@@ -271,6 +271,9 @@ def test_cli_bad_inputs_are_one_line_exit_2(artifact_copy, tmp_path):
     (tmp_path / "empty").mkdir()
     empty = _cli(str(artifact_copy), "--good", str(tmp_path / "empty"))
     assert empty.returncode == 2 and "no images found" in empty.stderr
+    (artifact_copy / "model.onnx").write_bytes(b"tampered")  # the hash check comes before the image list
+    tampered = _cli(str(artifact_copy), "--good", str(tmp_path / "nope"))
+    assert tampered.returncode == 2 and "model.onnx: sha256" in tampered.stderr
 
 
 @pytest.mark.slow  # a whole update in a child process (torch import + features + golden frames)
@@ -297,7 +300,11 @@ def test_padim_artifact_updates_equal_a_refit_on_the_union(elpv_paths, tmp_path,
 
     params = {"image_size": 32, "n_channels": 12, "grid_pool": 1, "augment": augment}
     base, a, b = elpv_paths[:10], elpv_paths[10:16], elpv_paths[16:22]
+    from anomedge.cli.export import _use_graph_placement
+    from anomedge.runtime.verify import verify_inspector
+
     fit_and_export(base, "padim", params, tmp_path / "v1", holdout=0.0, progress=False)
+    _use_graph_placement(tmp_path / "v1")  # the graph head embeds the statistics: it must be rebuilt
     v2 = update_artifact(tmp_path / "v1", a, tmp_path / "v2", keep_threshold=True, progress=False)
     v3 = update_artifact(tmp_path / "v2", b, tmp_path / "v3", keep_threshold=True, progress=False)
     refit = fit_and_export([*base, *a, *b], "padim", params, tmp_path / "refit", holdout=0.0, progress=False).artifact
@@ -308,6 +315,8 @@ def test_padim_artifact_updates_equal_a_refit_on_the_union(elpv_paths, tmp_path,
         ref = refit.array(name)
         np.testing.assert_allclose(new.array(name), ref, rtol=0, atol=1e-5 * np.abs(ref).max(), err_msg=name)
     frames = [read_image(p) for p in elpv_paths[22:30]]
-    with Inspector(new, "onnxruntime") as x, Inspector(refit, "onnxruntime") as y:
+    assert new.metadata.scoring["placement"] == "graph"
+    with Inspector(new, "onnxruntime", placement="graph") as x, Inspector(refit, "onnxruntime") as y:
+        assert verify_inspector(x).status == "pass"
         for f in frames:
             np.testing.assert_allclose(x.inspect([f]).scores, y.inspect([f]).scores, rtol=1e-5)

@@ -30,9 +30,11 @@ def main(artifact, good, out, holdout, quantile, keep_threshold, max_bank_rows, 
     """Add the good images of GOOD to ARTIFACT (padim, patchcore) and write the result as a new artifact."""
     import warnings
 
+    from ..artifact import Artifact
     from ..update.apply import update_artifact
     from .paths import good_images
 
+    Artifact.load(artifact)  # a tampered artifact is refused before the images are even listed
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = update_artifact(artifact, good_images(good), out, holdout=holdout, keep_threshold=keep_threshold,
