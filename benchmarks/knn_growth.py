@@ -131,7 +131,7 @@ def plot(results: list[dict], path: Path, machine: str, threads: int) -> None:
     ax.set_yscale("log")
     ax.set_xlabel("bank rows M (ELPV mono PatchCore patches, D = 152)")
     ax.set_ylabel("p50 ms per frame (784 queries, k = 1)")
-    ax.set_title(f"Exact kNN cost vs bank size — {machine}, {threads} threads")
+    ax.set_title(f"Exact kNN cost vs bank size\n{machine}, {threads} BLAS thread(s)", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
