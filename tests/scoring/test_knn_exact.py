@@ -143,6 +143,12 @@ def test_the_knn_head_runs_every_registered_kernel_alike(tiny_artifact):
     h = w = 4
     feats = bank[rng.integers(0, len(bank), h * w)] + 0.1 * rng.standard_normal((h * w, bank.shape[1])).astype(np.float32)
     feats = np.ascontiguousarray(feats.T.reshape(1, -1, h, w))
+    queries = np.ascontiguousarray(feats[0].reshape(feats.shape[1], -1).T)
+    for name in ("blocked", "pruned"):  # real (ELPV) features, vs the float64 oracle
+        got = KNN_KERNELS[name](bank, 2, None).search_with_index(queries, 2)
+        ref = oracle(queries, bank, 2)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
     scores = {name: KnnHead(tiny_artifact, name)({"features": feats}) for name in KNN_KERNELS}
     np.testing.assert_array_equal(scores["blocked"], scores["pruned"])
     np.testing.assert_allclose(scores["numpy"], scores["blocked"], rtol=1e-5)
