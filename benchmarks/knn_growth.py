@@ -7,7 +7,7 @@ training cells = 276,752 patches; queries = one good and one defective test cell
 turn. Extracted once with torch and cached (``--cache``, default /tmp/anomedge-knn-growth); later runs need
 no torch. Banks: seeded random subsets of 1 %, 10 % and 100 % of the patches (the same rows every run).
 
-Per bank, strictly interleaved (one search of each kernel per round): ``blocked`` (knn_exact, brute force),
+Strictly interleaved: each round runs one search of every kernel at every bank size: ``blocked`` (knn_exact, brute force),
 ``pruned`` (knn_pruned), the existing fused ``numpy`` kernel (1 % / 10 % only) and faiss ``IndexFlatL2``;
 p50 / min ms of one frame (784 queries, k = 1) and GFLOP/s as 2·P·M·D / time. The machine's sgemm rate
 is measured in the same run: a 2048³ square product and the kNN's own shape, (784,152)·(152,M) in
@@ -71,47 +71,58 @@ def bank_rows(total: int, fraction: float) -> np.ndarray:
     return np.arange(total) if m >= total else np.sort(np.random.default_rng(0).permutation(total)[:m])
 
 
-def measure(bank: np.ndarray, queries: np.ndarray, runs: int, threads: int, with_numpy: bool) -> dict:
-    """Build every kernel, then ``runs`` interleaved rounds over the query frames → a result row."""
-    built, builds = {}, {}
-    for name, make in [("blocked", BlockedKnnIndex), ("pruned", PrunedKnnIndex)] + (
-            [("numpy", KnnIndex)] if with_numpy else []):
-        start = time.perf_counter()
-        built[name] = make(bank)
-        builds[name] = time.perf_counter() - start
-    fns = {name: (lambda i, x=index: x.search_with_index(queries[i], 1)) for name, index in built.items()}
-    try:
-        import faiss
+class Bank:
+    """One bank size: its kernels built, the timed calls (frame index → search), the laps recorded."""
 
-        faiss.omp_set_num_threads(threads)
-        flat = faiss.IndexFlatL2(bank.shape[1])
-        flat.add(bank)
-        fns["faiss"] = lambda i: flat.search(queries[i], 1)
-    except ImportError:
-        pass
-    gemm = [shape_sgemm(q, bank) for q in queries]
-    fns["sgemm (kNN shape)"] = lambda i: gemm[i]()
-    times = {name: [] for name in fns}
-    for i in range(len(queries)):  # warm-up
-        for fn in fns.values():
-            fn(i)
-    for r in range(runs):
-        for name, fn in fns.items():
+    def __init__(self, fraction: float, bank: np.ndarray, queries: list[np.ndarray], runs: int, threads: int):
+        self.fraction, self.bank, self.queries, self.runs = fraction, bank, queries, runs
+        self.built, self.builds = {}, {}
+        for name, make in [("blocked", BlockedKnnIndex), ("pruned", PrunedKnnIndex)] + (
+                [("numpy", KnnIndex)] if fraction < 1 else []):
             start = time.perf_counter()
-            fn(r % len(queries))
-            times[name].append((time.perf_counter() - start) * 1e3)
-    same = all(np.array_equal(a, b) for q in queries
-               for a, b in zip(built["blocked"].search_with_index(q, 1), built["pruned"].search_with_index(q, 1)))
-    faiss_agree = None
-    if "faiss" in fns:
-        faiss_agree = float(np.mean([np.mean(flat.search(q, 1)[1] == built["blocked"].search_with_index(q, 1)[1])
-                                     for q in queries]))
-    pruned = built["pruned"]
-    pruned.search_with_index(queries[0], 1)
-    touched = pruned.touched / (len(queries[0]) * len(bank))
-    return {"rows": len(bank), "ms": {k: (float(np.median(v)), float(np.min(v))) for k, v in times.items()},
-            "build_s": builds, "same": same, "faiss_agree": faiss_agree, "touched": touched,
-            "clusters": pruned.clusters}
+            self.built[name] = make(bank)
+            self.builds[name] = time.perf_counter() - start
+        self.fns = {name: (lambda i, x=index: x.search_with_index(queries[i], 1)) for name, index in self.built.items()}
+        self.flat = None
+        try:
+            import faiss
+
+            faiss.omp_set_num_threads(threads)
+            self.flat = faiss.IndexFlatL2(bank.shape[1])
+            self.flat.add(bank)
+            self.fns["faiss"] = lambda i: self.flat.search(queries[i], 1)
+        except ImportError:
+            pass
+        gemm = [shape_sgemm(q, bank) for q in queries]
+        self.fns["sgemm (kNN shape)"] = lambda i: gemm[i]()
+        self.laps = {name: [] for name in self.fns}
+        for i in range(len(queries)):  # warm-up
+            for fn in self.fns.values():
+                fn(i)
+
+    def round(self, r: int) -> None:
+        """One search of every kernel on frame r mod 2 (skipped past this bank's ``runs``)."""
+        if r >= self.runs:
+            return
+        for name, fn in self.fns.items():
+            start = time.perf_counter()
+            fn(r % len(self.queries))
+            self.laps[name].append((time.perf_counter() - start) * 1e3)
+
+    def result(self) -> dict:
+        blocked, pruned = self.built["blocked"], self.built["pruned"]
+        same = all(np.array_equal(a, b) for q in self.queries
+                   for a, b in zip(blocked.search_with_index(q, 1), pruned.search_with_index(q, 1)))
+        faiss_agree = None
+        if self.flat is not None:
+            faiss_agree = float(np.mean([np.mean(self.flat.search(q, 1)[1] == blocked.search_with_index(q, 1)[1])
+                                         for q in self.queries]))
+        pruned.search_with_index(self.queries[0], 1)
+        touched = pruned.touched / (len(self.queries[0]) * len(self.bank))
+        return {"fraction": self.fraction, "rows": len(self.bank),
+                "ms": {k: (float(np.median(v)), float(np.min(v))) for k, v in self.laps.items()},
+                "build_s": self.builds, "same": same, "faiss_agree": faiss_agree, "touched": touched,
+                "clusters": pruned.clusters}
 
 
 def plot(results: list[dict], path: Path, machine: str, threads: int) -> None:
@@ -154,12 +165,13 @@ def main() -> None:
     train, queries = features(args.cache)
     with threadpool_limits(limits=args.threads):
         square = sgemm_rate()
-        results = []
-        for fraction in FRACTIONS:
-            bank = np.ascontiguousarray(train[bank_rows(len(train), fraction)])
-            runs = args.runs if fraction < 1 else args.runs_full
-            results.append({"fraction": fraction, **measure(bank, list(queries), runs, args.threads, fraction < 1)})
-            print(f"  {fraction:.0%} done", file=sys.stderr)
+        banks = [Bank(f, np.ascontiguousarray(train[bank_rows(len(train), f)]), list(queries),
+                      args.runs if f < 1 else args.runs_full, args.threads) for f in FRACTIONS]
+        print("  kernels built; timing (every bank and kernel in each round) …", file=sys.stderr)
+        for r in range(max(b.runs for b in banks)):  # interleaved across bank sizes too: the growth is a ratio
+            for b in banks:
+                b.round(r)
+        results = [b.result() for b in banks]
         square_after = sgemm_rate()
     p, d = queries.shape[1], queries.shape[2]
     print(f"Machine: {machine}; {args.threads} BLAS/faiss threads; numpy {np.__version__}.")
