@@ -29,6 +29,17 @@ def timed(fn: Callable[[], object], runs: int, warmup: int = 1) -> tuple[float, 
     return float(np.median(times)), float(np.min(times))
 
 
+def sgemm_rate(m: int = 2048, n: int = 2048, k: int = 2048, runs: int = 5) -> float:
+    """GFLOP/s of numpy's float32 matmul (the BLAS numpy links) for (m,k)·(k,n) into a preallocated
+    output, best of ``runs`` after one warm-up, at the process's current BLAS thread setting."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+    out = np.empty((m, n), np.float32)
+    _, best = timed(lambda: np.dot(a, b, out=out), runs)
+    return 2.0 * m * n * k / (best * 1e6)
+
+
 def score_frames(inspector: Inspector, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) and anomaly maps (N,H,W), one frame at a time."""
     results = [inspector.inspect([f]) for f in frames]
@@ -137,17 +148,23 @@ def bench_backends(artifact, frames: Sequence[np.ndarray], backends: Sequence[st
 
 
 def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20, graph=None) -> dict[str, float]:
-    """Median ms of one (P,D) × bank k=1 search: both fused kernels vs faiss IndexFlatL2 (if installed).
-    ``graph``: a k=1 ``knn.onnx`` (path or bytes); None builds one (needs onnx: workstation only)."""
+    """Median ms of one (P,D) × bank k=1 search: the fused kernels and the tie-exact blocked / pruned ones
+    vs faiss IndexFlatL2 (if installed). ``graph``: a k=1 ``knn.onnx`` (path or bytes); None builds one
+    (needs onnx: workstation only)."""
     from .scoring.kernels import KnnIndex, OnnxKnnIndex
+    from .scoring.knn_exact import BlockedKnnIndex
+    from .scoring.knn_pruned import PrunedKnnIndex
 
     if graph is None:
         from .scoring.graph import build_knn_search
 
         graph = build_knn_search(bank, 1).SerializeToString()
     index, onnx_index = KnnIndex(bank), OnnxKnnIndex(bank, 1, graph)
+    blocked, pruned = BlockedKnnIndex(bank), PrunedKnnIndex(bank)
     result = {"fused numpy": timed(lambda: index.search(queries, 1), runs)[0],
-              "fused onnxruntime": timed(lambda: onnx_index.search(queries, 1), runs)[0]}
+              "fused onnxruntime": timed(lambda: onnx_index.search(queries, 1), runs)[0],
+              "blocked": timed(lambda: blocked.search(queries, 1), runs)[0],
+              "pruned": timed(lambda: pruned.search(queries, 1), runs)[0]}
     try:
         import faiss
     except ImportError:
@@ -159,7 +176,8 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20, graph=Non
 
 
 def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[str, float] | None:
-    """For kNN artifacts: the fused kernel vs faiss on this artifact's bank with one frame's patches."""
+    """For kNN artifacts: the kernels vs faiss on this artifact's bank with one frame's patches, and the
+    blocked kernel's GFLOP/s (2·P·M·D / its median time) next to the machine's sgemm rate (``sgemm_rate``)."""
     if artifact.metadata.scoring.get("kind") != "knn":
         return None
     with Inspector(artifact, "onnxruntime", placement="host") as inspector:
@@ -167,8 +185,10 @@ def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[st
     queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
     bank = artifact.array("bank.npy")
     shipped = artifact.path("knn.onnx") if artifact.has("knn.onnx") and artifact.metadata.scoring.get("k", 1) == 1 else None
-    return {"bank rows": len(bank), "queries": len(queries),
-            **{f"{k} ms": v for k, v in kernel_race(bank, queries, runs, shipped).items()}}
+    ms = kernel_race(bank, queries, runs, shipped)
+    flops = 2.0 * len(queries) * bank.shape[0] * bank.shape[1]
+    return {"bank rows": len(bank), "queries": len(queries), **{f"{k} ms": v for k, v in ms.items()},
+            "blocked GFLOP/s": round(flops / (ms["blocked"] * 1e6), 1), "sgemm GFLOP/s": round(sgemm_rate(), 1)}
 
 
 def fastest_knn_kernel(bank: np.ndarray, queries: int, k: int = 1, runs: int = 10) -> tuple[str, dict[str, float]]:

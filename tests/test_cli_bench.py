@@ -50,5 +50,6 @@ def test_no_reference_skips_torch_and_refuses_a_gate(tiny_artifact, frames_dir, 
     assert result.returncode == 0, result.stderr
     assert "torch" not in result.stdout.split("\n", 2)[1] and "bench: torch" not in result.stderr
     assert "onnxruntime" in result.stdout and "agreement" not in result.stdout
+    assert "blocked GFLOP/s" in result.stdout and "sgemm GFLOP/s" in result.stdout  # the kernel next to the machine
     refused = bench(*common, "--no-reference", "--atol", "1e-3")
     assert refused.returncode == 2 and "drop --no-reference" in refused.stderr

@@ -171,7 +171,7 @@ class Search:
         active = np.flatnonzero(gmin <= theta)
         if active.size == 0:
             return
-        sub = part[active]
+        sub = part if active.size == p else part[active]  # the first block: every row, no copy
         r, c = np.nonzero(sub <= theta[active, None])
         qrows = sel[active][r]
         if k > 1:

@@ -163,7 +163,8 @@ class PrunedKnnIndex:
             self.phi_pairs += g.size
             with np.errstate(invalid="ignore"):
                 theta = ((state.upper[qs] + slack[qs]) / (1 - REL)) ** 2 - pn2[qs] + delta[qs]
-            keep = g <= (theta * (1 + 1e-6)).astype(np.float32)[:, None]
+            theta32 = theta.astype(np.float32)  # rounded to nearest, then one float32 step up: never below θ
+            keep = g <= np.nextafter(theta32, np.float32(np.inf), out=theta32)[:, None]
             cols = np.flatnonzero(keep.any(axis=0))
             if cols.size == 0:
                 continue

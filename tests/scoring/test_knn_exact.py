@@ -131,3 +131,28 @@ def test_user_errors_are_one_line_input_errors():
 def test_equal_blocks_cover_the_bank_without_a_ragged_tail():
     assert knn_exact.equal_blocks(2493, 2048) == 1248 and knn_exact.equal_blocks(100, 2048) == 100
     assert knn_exact.equal_blocks(27_675, 2048) * 14 >= 27_675
+
+
+def test_the_knn_head_runs_every_registered_kernel_alike(tiny_artifact):
+    """Through ``KnnHead``: blocked == pruned bit for bit, the fused numpy kernel within its float32 tolerance
+    (rtol 1e-5: it ranks by the expanded formula, then refines the winner), and a NaN patch stays NaN."""
+    from anomedge.scoring.heads import KNN_KERNELS, KnnHead
+
+    bank = tiny_artifact.array("bank.npy").astype(np.float32)
+    rng = np.random.default_rng(6)
+    h = w = 4
+    feats = bank[rng.integers(0, len(bank), h * w)] + 0.1 * rng.standard_normal((h * w, bank.shape[1])).astype(np.float32)
+    feats = np.ascontiguousarray(feats.T.reshape(1, -1, h, w))
+    queries = np.ascontiguousarray(feats[0].reshape(feats.shape[1], -1).T)
+    for name in ("blocked", "pruned"):  # real (ELPV) features, vs the float64 oracle
+        got = KNN_KERNELS[name](bank, 2, None).search_with_index(queries, 2)
+        ref = oracle(queries, bank, 2)
+        np.testing.assert_array_equal(got[1], ref[1])
+        np.testing.assert_array_equal(got[0], ref[0])
+    scores = {name: KnnHead(tiny_artifact, name)({"features": feats}) for name in KNN_KERNELS}
+    np.testing.assert_array_equal(scores["blocked"], scores["pruned"])
+    np.testing.assert_allclose(scores["numpy"], scores["blocked"], rtol=1e-5)
+    feats[0, 3, 1, 2] = np.nan
+    for name in ("blocked", "pruned"):
+        out = KnnHead(tiny_artifact, name)({"features": feats})
+        assert np.isnan(out[0, 1, 2]) and np.isfinite(np.delete(out.ravel(), 1 * w + 2)).all()
