@@ -193,3 +193,9 @@ def test_cli_pipelined_equals_sequential_and_ctrl_c_drains(tiny_artifact, video,
     records = [json.loads(line) for line in out.read_text().splitlines()]  # every line whole
     assert [r["index"] for r in records] == list(range(len(records))) and len(records) >= 15
     assert said.startswith(f"{len(records)} frames:")  # the summary counts exactly what was written
+
+
+def test_cli_refuses_a_depth_out_of_range(tiny_artifact, video):
+    done = subprocess.run(ad_run(tiny_artifact.root, "--source", video, "--pipeline-depth", 9), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 2 and "--pipeline-depth" in done.stderr and "0<=x<=8" in done.stderr
