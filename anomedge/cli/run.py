@@ -85,10 +85,10 @@ from .common import one_line_errors
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
 def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, loop, width, height, fps, exposure,
-         gain, roi, policy, capture_thread, max_frames, pipeline_depth, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend,
-         device, precision, placement, allow_fallback, threads, threshold, on_error, max_pixels, knn_kernel,
-         skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt, serve, trust,
-         require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
+         gain, roi, policy, capture_thread, max_frames, pipeline_depth, exit_on_disconnect, reconnect_max_s,
+         open_timeout_s, backend, device, precision, placement, allow_fallback, threads, threshold, on_error,
+         max_pixels, knn_kernel, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt,
+         serve, trust, require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import logging
