@@ -1,9 +1,9 @@
 """Sequential vs pipelined ``ad-run`` on one video, interleaved: frames/s, per-stage ms, p50/p99, spin on/off.
 
 Every mode runs the real run loop (``VideoSource`` → capture thread → ``Runner`` / ``run_pipelined``
-→ a JSONL sink) over the whole video, round-robin: round 1 runs every mode once, round 2 again, …,
-so machine load hits all modes alike; the speed-up is the median of the per-round paired ratios
-(mode frames/s ÷ sequential frames/s of the same round). Each mode's records must equal the
+→ a JSONL sink) over the whole video, round-robin: round 1 runs every mode once, round 2 again in
+reverse order, … (ABBA, so a drift in machine load hits all modes alike); the speed-up is the
+median of the per-round paired ratios (mode frames/s ÷ sequential frames/s of the same round). Each mode's records must equal the
 sequential ones (all fields but ``ms`` / ``timestamp`` / ``evidence_ms``); the script exits 1 if not.
 
 Per stage: decode (the source alone, one pass), preprocess / infer / score / postprocess (the
@@ -157,7 +157,8 @@ def main() -> None:
     with progress(args.rounds * len(MODES), "rounds × modes") as bar:
         for round_ in range(args.rounds + 1):  # round 0 warms every mode up and is not counted
             decode.append(decode_ms(video))
-            for label, (inspector, budget, depth, capture) in inspectors.items():
+            order = list(inspectors.items())
+            for label, (inspector, budget, depth, capture) in (order if round_ % 2 else order[::-1]):  # ABBA
                 result = one_run(inspector, budget, depth, capture, video, scratch / f"{label}.jsonl")
                 if round_:
                     runs[label].append(result)

@@ -199,3 +199,12 @@ def test_cli_refuses_a_depth_out_of_range(tiny_artifact, video):
     done = subprocess.run(ad_run(tiny_artifact.root, "--source", video, "--pipeline-depth", 9), capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 2 and "--pipeline-depth" in done.stderr and "0<=x<=8" in done.stderr
+
+
+def test_openvino_gets_one_worker_and_the_same_records(tiny_artifact, video):
+    pytest.importorskip("openvino")
+    assert ThreadBudget.plan(4, cores=2, backend="openvino") == ThreadBudget(2, 1, 2)
+    with Inspector(tiny_artifact, "openvino", threads=2) as ov:
+        sequential = records_of(ov, VideoSource(str(video)), 0)
+        pipelined = records_of(ov, VideoSource(str(video)), 4, workers=2)  # capped at one worker
+    assert strip(pipelined) == strip(sequential)

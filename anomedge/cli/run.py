@@ -169,7 +169,7 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
         options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
         if backend == "triton":
             options.update(url=url, protocol=protocol, model=model_name)
-        budget = ThreadBudget.plan(pipeline_depth, threads=threads) if pipeline_depth else None
+        budget = ThreadBudget.plan(pipeline_depth, threads=threads, backend=backend) if pipeline_depth else None
         inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold,
                                                   threads=budget.intra_op if budget else threads,
                                                   knn_kernel=knn_kernel, placement=placement, **options))

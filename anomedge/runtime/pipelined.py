@@ -15,7 +15,10 @@ unreadable file, a corrupt video frame, an inspection error) gets its ERROR reco
 Stop (``stop_event``, Ctrl-C in ``ad-run``) or the end of the source reads no further frame and
 drains: every frame already read gets its record, written whole, before the loop returns. A
 ``SinkError`` ends the loop at once (frames after the failed record have no record, as sequentially).
-Memory is bounded: at most N + 1 frames (and their maps) are held.
+Memory is bounded: at most N + 1 frames (and their maps) are held. Backends that cannot run their
+graph for two frames at once (OpenVINO's one infer request, TensorRT's buffers: all but
+``CONCURRENT_BACKENDS``) get one worker that computes under the runner's lock (decode and the
+records still overlap).
 
 Thread budget (``ThreadBudget``): the cores this process may use (``os.sched_getaffinity``) are
 shared out once: ``workers = min(N, cores)`` compute threads, each backbone / kNN session with
@@ -43,6 +46,13 @@ from .sources import Frame
 
 log = logging.getLogger("anomedge.pipelined")
 MAX_DEPTH = 8
+# Backends whose graph may run for two frames at once (onnxruntime's session.run is thread-safe); the
+# others share one infer request / device buffers: one worker, computing under the runner's lock.
+CONCURRENT_BACKENDS = ("onnxruntime",)
+
+
+def concurrent(backend: str) -> bool:
+    return backend in CONCURRENT_BACKENDS
 
 
 def available_cores() -> int:
@@ -70,16 +80,17 @@ class ThreadBudget:
     intra_op: int
 
     @classmethod
-    def plan(cls, depth: int, cores: int | None = None, threads: int | None = None) -> "ThreadBudget":
+    def plan(cls, depth: int, cores: int | None = None, threads: int | None = None,
+             backend: str = "onnxruntime") -> "ThreadBudget":
         """The budget for pipeline ``depth`` on ``cores`` (default: this process's); ``threads`` (``--threads``)
-        overrides the per-worker ``intra_op``."""
+        overrides the per-worker ``intra_op``; a ``backend`` not in ``CONCURRENT_BACKENDS`` gets one worker."""
         depth = check_depth(depth)
         cores = cores or available_cores()
         if threads is not None and threads < 1:
             raise InputError(f"--threads {threads}: expected at least 1")
         if depth == 0:
             return cls(cores, 0, threads or cores)
-        workers = max(1, min(depth, cores))
+        workers = max(1, min(depth, cores)) if concurrent(backend) else 1
         return cls(cores, workers, threads or max(1, cores // workers))
 
     @contextlib.contextmanager
@@ -138,7 +149,15 @@ def run_pipelined(runner: Runner, frames: Iterable[Frame], depth: int, *, worker
     if depth == 0:
         return runner.run(frames, stop_event=stop_event, max_frames=max_frames, on_done=on_done, dropped=dropped,
                           reconnects=reconnects)
-    workers = workers or ThreadBudget.plan(depth).workers
+    compute = runner.compute
+    name = getattr(runner.inspector.backend, "name", "")
+    if not concurrent(name):
+        workers = 1
+
+        def compute(frame: Frame) -> Computed:  # one graph call at a time, the live view's included
+            with runner.lock:
+                return runner.compute(frame)
+    workers = workers or ThreadBudget.plan(depth, backend=name).workers
     summary = runner.summary
     pending: collections.deque[_Slot] = collections.deque()
 
@@ -160,7 +179,7 @@ def run_pipelined(runner: Runner, frames: Iterable[Frame], depth: int, *, worker
             for frame in frames:
                 if dropped is not None:
                     summary.dropped = dropped()
-                pending.append(_Slot(frame, summary.dropped, pool.submit(runner.compute, frame)))
+                pending.append(_Slot(frame, summary.dropped, pool.submit(compute, frame)))
                 read += 1
                 while len(pending) > depth:
                     finish(pending.popleft())
