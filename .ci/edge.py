@@ -68,6 +68,9 @@ KINDS = (
     Kind("mae", "mae", ("--detector", "mae", "--image-size", "32", "--param", "dim=32", "--param", "depth=2",
                         "--param", "heads=2", "--param", "decoder_dim=32", "--param", "epochs=2",
                         "--param", "batch_size=4", "--param", "amp=fp32", "--param", "threads=1")),
+    Kind("teacher_student", "teacher_student", ("--detector", "teacher_student", *CNN, "--param", "widths=[16]",
+                                                "--param", "epochs=2", "--param", "batch_size=4", "--param", "amp=fp32",
+                                                "--param", "threads=1")),
     Kind("vit", "vit", ("--detector", "vit", "--image-size", "56", "--param", "weights=none",
                         "--param", 'model_kwargs={"depth": 2}', "--param", "blocks=[0, 1]")),
 )

@@ -58,10 +58,14 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
      "no random channel subset"),
     ("padim 28×28 top5%", "padim", {"grid_pool": 1, "reduction": TOP5}, "full stride-8 grid"),
     ("padim 28×28 top5% fp16", "padim", {"grid_pool": 1, "reduction": TOP5, "factor_dtype": "float16"}, ""),
+    ("padim 14×14 top5% flips", "padim", {"grid_pool": 2, "reduction": TOP5, "augment": "hflip,vflip,rot180"},
+     "+ flipped / 180° training copies"),
     ("padim 7×7 max", "padim", {"grid_pool": 4, "reduction": MAX}, ""),
     ("padim 7×7 top5%", "padim", {"grid_pool": 4, "reduction": TOP5}, "top 2 of 49 positions"),
     ("padim stages 1+2+4 14×14 top5%", "padim", {"backbone": {"stages": [1, 2, 4]}, "grid_pool": 4, "reduction": TOP5},
      "stride-4 grid pooled ×4"),
+    ("ensemble", "ensemble", {}, "PaDiM 2+3+4 14×14 top-2 % + PatchCore, one Lite0 pass, z-score fusion"),
+    ("ensemble robust", "ensemble", {"normalisation": "robust"}, "as ensemble, median / MAD normalisation"),
     ("global_knn k=1", "global_knn", {"k": 1}, ""),
     ("global_knn k=5", "global_knn", {"k": 5}, ""),
     ("kmeans 8", "kmeans", {"n_clusters": 8}, ""),
@@ -77,6 +81,9 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
     ("autoencoder ssim", "autoencoder", {"ssim_weight": 1.0, "error_map": "ssim"}, "MSE + SSIM loss, SSIM map"),
     ("mae", "mae", {}, "64 px, LayerNorm"),
     ("mae dyt", "mae", {"norm": "dyt"}, "Dynamic Tanh"),
+    ("simplenet", "simplenet", {}, "adaptor + discriminator, σ 0.15, 65k patches × 8 epochs, top-5 %"),
+    ("simplenet flips", "simplenet", {"augment": "hflip,vflip,rot180"}, "+ flipped / 180° training copies"),
+    ("teacher_student", "teacher_student", {}, "EfficientAD-style: student on Lite0 block 1 → blocks 2+4, 10 epochs, max"),
 ]
 KNOWN = {d for _, d, _, _ in VARIANTS}
 

@@ -13,7 +13,7 @@ from anomedge.artifact import Artifact, write_metadata
 from anomedge.errors import ArtifactError
 from anomedge.runtime.kernel_race import CACHE_DIR, cache_candidates, choose_kernel
 from anomedge.runtime.pipeline import Inspector
-from anomedge.scoring.heads import KNN_GRAPH
+from anomedge.scoring.heads import KNN_GRAPH, KNN_KERNELS
 
 from conftest import rehash
 
@@ -22,7 +22,7 @@ def test_cache_is_written_outside_the_hashed_files_and_reused(artifact_copy, mon
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "user-cache"))
     artifact = Artifact.load(artifact_copy)
     first = choose_kernel(artifact)
-    assert first.how == "raced" and set(first.ms) == {"numpy", "onnxruntime"} and first.kernel == min(first.ms, key=first.ms.get)
+    assert first.how == "raced" and set(first.ms) == set(KNN_KERNELS) and first.kernel == min(first.ms, key=first.ms.get)
     path = artifact_copy / CACHE_DIR / f"kernel-{cache_candidates(artifact)[0].name.split('-', 1)[1]}"
     assert first.cache == str(path) and path.is_file()
     assert not any(name.startswith(CACHE_DIR) for name in artifact.metadata.files)
@@ -71,7 +71,8 @@ def test_old_artifact_without_knn_graph(artifact_copy, caplog):
     write_metadata(artifact_copy, meta)  # as an older exporter wrote it (spec re-hashed)
     os.remove(artifact_copy / KNN_GRAPH)
     artifact = Artifact.load(artifact_copy)
-    assert choose_kernel(artifact).how.startswith("only numpy")
+    choice = choose_kernel(artifact)  # the host kernels still race; the graph kernel cannot
+    assert choice.how.startswith("raced (no knn.onnx") and set(choice.ms) == set(KNN_KERNELS) - {"onnxruntime"}
     with pytest.raises(ArtifactError, match="python -m anomedge.export.writer"):
         Inspector(artifact, "onnxruntime", knn_kernel="onnxruntime")
     from anomedge.scoring.heads import KnnHead

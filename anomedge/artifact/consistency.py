@@ -41,6 +41,19 @@ def check_contents(artifact: "Artifact") -> None:
         _check_bank(artifact.root / "bank.npy", headers["bank.npy"], meta.scoring, width)
     elif kind == "mahalanobis":
         _check_gaussian(artifact.root, headers["mean.npy"], headers["factor.npy"], meta.scoring, width)
+    elif kind == "ensemble":  # each member against the graph output it reads
+        outputs = graphs["model.onnx"].outputs if "model.onnx" in graphs else {}
+        for m in meta.scoring["members"]:
+            if m["output"] not in outputs and outputs:
+                raise ArtifactError(f"{artifact.root / 'model.onnx'}: no output '{m['output']}' (ensemble member "
+                                    f"{m['name']}); re-export the artifact")
+            dims = outputs[m["output"]][1] if outputs else ()
+            width = dims[1] if len(dims) > 1 and isinstance(dims[1], int) and dims[1] > 0 else None
+            p = m["prefix"]
+            if m["scoring"]["kind"] == "knn":
+                _check_bank(artifact.root / f"{p}bank.npy", headers[f"{p}bank.npy"], m["scoring"], width)
+            else:
+                _check_gaussian(artifact.root, headers[f"{p}mean.npy"], headers[f"{p}factor.npy"], m["scoring"], width)
 
 
 def _check_image_input(path: Path, graph: GraphIO, spec) -> None:

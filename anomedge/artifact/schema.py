@@ -44,10 +44,14 @@ MAX_DRIFT_SAMPLE = 1000  # thresholds.drift.scores (runtime.drift keeps at most 
 
 COLORS = ("RGB", "BGR", "GRAY")
 INTERPOLATIONS = ("bilinear", "nearest", "bicubic")
-KINDS = ("knn", "mahalanobis", "reconstruction")
+KINDS = ("knn", "mahalanobis", "reconstruction", "ensemble")
+MEMBER_KINDS = ("knn", "mahalanobis")  # what an ensemble member may be
+MAX_MEMBERS = 8
+MEMBER_PREFIX = re.compile(r"m[0-9]_")
 PLACEMENTS = ("host", "graph")
 BANK_DTYPES = ("float32", "float16")
 OPENVINO_PRECISIONS = ("fp32", "fp16")
+TILE_BLENDS, TILE_MODES = ("linear", "max"), ("shared",)
 # reduction name → {parameter: (low, high)} (low exclusive); scoring.postprocess.REDUCTIONS implements them.
 REDUCTIONS: dict[str, dict[str, tuple[float, float]]] = {
     "max": {}, "mean": {}, "top_fraction_mean": {"fraction": (0.0, 1.0)},
@@ -99,9 +103,12 @@ class Metadata:
     created: str = ""
     schema_version: int = SCHEMA_VERSION
     spec_sha256: dict[str, str] = field(default_factory=dict)
+    tiling: dict[str, Any] | None = None  # runtime.tiling: a tiled artifact (absent: whole frames resized)
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        if d["tiling"] is None:
+            del d["tiling"]
         d["input"] = {k: getattr(self.input, k) for k in self.input.__dataclass_fields__}
         d["input"]["shape"] = list(self.input.shape)
         return json.loads(json.dumps(d))
@@ -296,8 +303,40 @@ def _check_scoring(scoring: dict[str, Any], files: dict[str, str]) -> None:
             _num(scoring["ridge"], "scoring.ridge", 0.0, 1e6)
         for name in ("mean.npy", "factor.npy"):
             _needs(files, name, kind)
+    elif kind == "ensemble":
+        _check_ensemble(scoring, files)
     else:
         _num(scoring.get("map_sigma", 0.0), "scoring.map_sigma", 0.0, MAX_SIGMA)
+
+
+def _check_ensemble(scoring: dict[str, Any], files: dict[str, str]) -> None:
+    """``scoring.members``: 1..8 host heads (knn / mahalanobis) with prefixed files, their own postprocess
+    and finite normalisation constants (``scoring.ensemble``)."""
+    _str(scoring.get("rule", "mean"), "scoring.rule", ("mean",))
+    _str(scoring.get("normalisation"), "scoring.normalisation", ("zscore", "robust"))
+    members = _list(scoring.get("members"), "scoring.members", max_len=MAX_MEMBERS)
+    if not members:
+        _fail("scoring.members", members, f"1 to {MAX_MEMBERS} members")
+    seen = set()
+    for i, member in enumerate(members):
+        where = f"scoring.members[{i}]"
+        member = _dict(member, where)
+        prefix = _str(member.get("prefix"), f"{where}.prefix")
+        if not MEMBER_PREFIX.fullmatch(prefix) or prefix in seen:
+            _fail(f"{where}.prefix", prefix, "a distinct prefix m0_ … m7_")
+        seen.add(prefix)
+        _str(member.get("output"), f"{where}.output")
+        _str(member.get("name"), f"{where}.name")
+        inner = _dict(member.get("scoring"), f"{where}.scoring")
+        _str(inner.get("kind"), f"{where}.scoring.kind", MEMBER_KINDS)
+        own = {name[len(prefix):]: digest for name, digest in files.items() if name.startswith(prefix)}
+        _check_scoring(inner, own)
+        _check_postprocess(_dict(member.get("postprocess"), f"{where}.postprocess"), files)
+        norm = _dict(member.get("norm"), f"{where}.norm")
+        for part in ("score", "map"):
+            block = _dict(norm.get(part), f"{where}.norm.{part}")
+            _num(block.get("loc"), f"{where}.norm.{part}.loc", -1e12, 1e12)
+            _num(block.get("scale"), f"{where}.norm.{part}.scale", 0.0, 1e12, low_open=True)
 
 
 def _check_postprocess(post: dict[str, Any], files: dict[str, str]) -> None:
@@ -330,6 +369,14 @@ def _check_model(model: dict[str, Any], files: dict[str, str]) -> None:
         ov = _dict(model["openvino"], "model.openvino")
         _ref(ov.get("file"), "model.openvino.file", files)
         _str(ov.get("precision", "fp32"), "model.openvino.precision", OPENVINO_PRECISIONS)
+
+
+def _check_tiling(tiling: dict[str, Any]) -> None:
+    """The ``tiling`` block (runtime.tiling.TilingSpec): tile / overlap pixels, blend, mode."""
+    _int(tiling.get("tile"), "tiling.tile", 16, MAX_SIDE)
+    _int(tiling.get("overlap", 0), "tiling.overlap", 0, tiling["tile"] // 2)
+    _str(tiling.get("blend", "linear"), "tiling.blend", TILE_BLENDS)
+    _str(tiling.get("mode", "shared"), "tiling.mode", TILE_MODES)
 
 
 def check_thresholds(thresholds: Any) -> None:
@@ -384,6 +431,8 @@ def check_metadata(raw: Any) -> None:
     _check_postprocess(_dict(raw["postprocess"], "postprocess"), files)
     _check_model(_dict(raw["model"], "model"), files)
     check_thresholds(raw.get("thresholds", {}))
+    if "tiling" in raw:
+        _check_tiling(_dict(raw["tiling"], "tiling"))
     for key, value in _dict(raw.get("versions", {}), "versions").items():
         _str(value, f"versions.{key}", max_len=128)
     if "created" in raw and not isinstance(raw["created"], str):

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ..models.detector import DETECTORS
 from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
-@click.option("--detector", default="patchcore", show_default=True, help="patchcore | padim | vit | global_knn | kmeans | autoencoder | mae.")
+@click.option("--detector", default="patchcore", show_default=True, help=" | ".join(DETECTORS) + ".")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
 @click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")
@@ -25,13 +26,20 @@ from .common import one_line_errors, parse_params
               help="Precision of the extra formats (int8 calibrates on the training images).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default="host", show_default=True,
               help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis + map in one graph) and use it by default.")
+@click.option("--tile", type=int, default=None,
+              help="Tiled inspection: fit on (and inspect) square tiles of this many frame pixels (docs/tiling.md).")
+@click.option("--overlap", type=int, default=32, show_default=True, help="--tile: overlap of neighbouring tiles in pixels.")
+@click.option("--tile-blend", type=click.Choice(["linear", "max"]), default="linear", show_default=True,
+              help="--tile: how overlapping tile maps are stitched.")
+@click.option("--tile-mode", type=click.Choice(["shared", "per_position"]), default="shared", show_default=True,
+              help="--tile: one model for every tile (shared); per_position is not supported yet.")
 @click.option("--sign", "sign_key", type=click.Path(dir_okay=False), default=None,
               help="Sign the artifact with this ed25519 private key (PEM; see ad-sign --keygen).")
 @click.option("--quiet", is_flag=True, help="Print only the artifact path.")
 @click.option("--registry", type=click.Path(dir_okay=False), default=None, help="Run registry database.")
 @one_line_errors
 def main(data, detector, out, backbone, stages, weights, image_size, params, holdout, quantile, formats, precision,
-         placement, sign_key, quiet, registry):
+         placement, tile, overlap, tile_blend, tile_mode, sign_key, quiet, registry):
     """Fit DETECTOR on the good images of DATA and export an artifact folder.
 
     DATA is a data set (elpv:mono, elpv:poly, digits:7, synthetic:brick) or a folder (MVTec layout
@@ -47,6 +55,11 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
 
         check_private_key(sign_key)  # a wrong key fails before the fit, not after it
     values = parse_params(params)
+    tiling = None
+    if tile is not None:
+        from ..runtime.tiling import TilingSpec
+
+        tiling = TilingSpec(tile, overlap, tile_blend, tile_mode)
     if backbone or stages or weights:
         spec = BackboneSpec.for_model(backbone or "tf_efficientnet_lite0",
                                       stages=tuple(int(s) for s in stages.split(",")) if stages else None,
@@ -54,8 +67,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
-    if placement == "graph" and detector in ("autoencoder", "mae"):
-        raise click.BadParameter(f"{detector} already scores inside its graph (reconstruction error); "
+    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet", "teacher_student"):
+        raise click.BadParameter(f"{detector} already scores inside its graph (its anomaly map); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
@@ -70,7 +83,7 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     if not quiet:
         click.echo(f"fitting {detector} on {len(split.train)} good images of {data}", err=True)
     report = fit_and_export(split.train, detector, values, out, holdout=holdout, quantile=quantile,
-                            progress=progress, model=model)
+                            progress=progress, model=model, tiling=tiling)
     root = report.artifact.root
     if placement == "graph":  # before the formats: a graph-placement engine is built from model.graph.onnx
         _use_graph_placement(root)

@@ -60,6 +60,8 @@ from .common import one_line_errors
               help="Pixel budget per image file, checked in its header before decoding; larger → ERROR record.")
 @click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
               help="Override the host kNN kernel recorded in the artifact (raced at export).")
+@click.option("--max-tile-batch", type=int, default=16, show_default=True,
+              help="Tiled artifact: most tiles per backend call (bounds memory; docs/tiling.md).")
 @click.option("--skip-verify", is_flag=True, help="Inspect without first checking the golden frames (see ad-verify).")
 @click.option("--jsonl", type=click.Path(dir_okay=False), default=None, help="Append decision records here (JSON lines).")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None, help="Append decision records here (CSV).")
@@ -87,8 +89,8 @@ from .common import one_line_errors
 def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, loop, width, height, fps, exposure,
          gain, roi, policy, capture_thread, max_frames, pipeline_depth, exit_on_disconnect, reconnect_max_s,
          open_timeout_s, backend, device, precision, placement, allow_fallback, threads, threshold, on_error,
-         max_pixels, knn_kernel, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt,
-         serve, trust, require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
+         max_pixels, knn_kernel, max_tile_batch, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every,
+         webhook, mqtt, serve, trust, require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import logging
@@ -172,7 +174,8 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
         budget = ThreadBudget.plan(pipeline_depth, threads=threads, backend=backend) if pipeline_depth else None
         inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold,
                                                   threads=budget.intra_op if budget else threads,
-                                                  knn_kernel=knn_kernel, placement=placement, **options))
+                                                  knn_kernel=knn_kernel, placement=placement,
+                                                  max_tile_batch=max_tile_batch, **options))
         if budget is not None:  # one thread budget: workers × intra-op threads = the cores (runtime.pipelined)
             fit_kernel_threads(inspector, budget.intra_op)
             stack.enter_context(budget.applied())

@@ -14,6 +14,16 @@ image with one defect drawn by OpenCV from its own random stream (``.defective(k
 - ``crack``: random-walk polyline of varying thickness, darker;
 - ``missing_piece``: a polygon replaced by a flat fill or by a rotated other crop.
 
+Solar-cell defects (in ``DRAWERS``, not in ``DEFECTS``, so the written data set is unchanged):
+
+- ``dark_area``: an inactive region cut off by a crack: the crack polyline across the image and the
+  region on one side of it darkened, the darkening fading in from the crack (soft edge);
+- ``broken_finger``: 1–4 short interrupted segments along thin horizontal lines, darker.
+
+``draw_defect(image, defect, rng)`` draws any of ``DRAWERS`` on a square uint8 image of any size
+(gray or colour; colour gets the same shift in every channel) → (image, mask): what the synthetic
+supervision detector trains on.
+
 The mask (``ground_truth/<defect>/<stem>_mask.png``, 0/255 uint8) is exactly the drawn region: every mask
 pixel differs from the clean image and every other pixel is identical to it (a pixel whose shift would
 saturate is shifted the other way). Same arguments → same bytes; the folder is written once and reused.
@@ -121,7 +131,7 @@ class SyntheticTexture:
 
     def defective(self, slot: int, defect: str) -> tuple[np.ndarray, np.ndarray]:
         if defect not in DRAWERS:
-            raise InputError(f"synthetic defect '{defect}': expected one of {', '.join(DEFECTS)}")
+            raise InputError(f"synthetic defect '{defect}': expected one of {', '.join(DRAWERS)}")
         clean = self.clean(slot)
         rng = self._rng(slot, 1)
         mask, delta = DRAWERS[defect](clean, rng, self)
@@ -212,8 +222,89 @@ def _missing_piece(clean, rng, tex):
     return region, delta
 
 
-DRAWERS: dict[str, Callable[[np.ndarray, np.random.Generator, SyntheticTexture], tuple[np.ndarray, np.ndarray]]] = {
-    "scratch": _scratch, "spot": _spot, "crack": _crack, "missing_piece": _missing_piece}
+def _crack_across(rng, s: int, depth: float) -> np.ndarray:
+    """(K,2) x,y points of a wavy crack from the left to the right border, at mean height ``depth``·s."""
+    n = int(rng.integers(6, 12))
+    x = np.linspace(0, s - 1, n)
+    tilt = rng.uniform(-0.25, 0.25) * s
+    y = depth * s + tilt * (x / max(s - 1, 1) - 0.5) + np.cumsum(rng.normal(0, 0.02 * s, n))
+    return np.stack([x, np.clip(y, 1, s - 2)], 1)
+
+
+def _orient(rng, *planes: np.ndarray) -> list[np.ndarray]:
+    """The same random quarter turn and flip of every (s,s) plane (drawn once in a canonical pose)."""
+    k, flip = int(rng.integers(4)), bool(rng.integers(2))
+    out = [np.rot90(p, k) for p in planes]
+    return [np.ascontiguousarray(p[:, ::-1] if flip else p) for p in out]
+
+
+def _dark_area(clean, rng, tex):
+    s = tex.size
+    crack = _crack_across(rng, s, rng.uniform(0.15, 0.5))
+    pts = np.rint(np.vstack([crack, [[s - 1, 0], [0, 0]]])).astype(np.int32)
+    region = np.zeros((s, s), np.uint8)
+    cv2.fillPoly(region, [pts], 1, cv2.LINE_8)
+    line = np.zeros((s, s), np.uint8)
+    cv2.polylines(line, [np.rint(crack).astype(np.int32)], False, 1, max(1, s // 128), cv2.LINE_8)
+    # soft edge: the darkening grows from 30 % at the crack to full over ~6 % of the side
+    inside = cv2.distanceTransform(region, cv2.DIST_L2, 3)
+    alpha = np.clip(inside / max(1.0, 0.06 * s), 0.3, 1.0)
+    delta = -rng.uniform(50, 130) * alpha
+    delta[line.astype(bool)] = -rng.uniform(80, 140)
+    mask, delta = _orient(rng, (region | line).astype(bool), delta.astype(np.float32))
+    return mask, delta
+
+
+def _broken_finger(clean, rng, tex):
+    s = tex.size
+    mask = np.zeros((s, s), np.uint8)
+    row = rng.uniform(0.1, 0.9) * s
+    for _ in range(int(rng.integers(1, 5))):  # neighbouring fingers break together: rows a few px apart
+        x0 = rng.uniform(0.05, 0.8) * s
+        length = rng.uniform(0.05, 0.2) * s
+        y = int(np.clip(np.rint(row), 0, s - 1))
+        # a broken finger leaves a thin dark band (the unpowered stretch) of 1 px to ~4 % of the side
+        thickness = int(rng.integers(1, max(2, s // 25) + 1))
+        cv2.line(mask, (int(x0), y), (int(min(s - 1, x0 + length)), y), 1, thickness, cv2.LINE_8)
+        row += rng.uniform(0.03, 0.08) * s * _sign(rng)
+    if rng.integers(4) == 0:  # a quarter of the cells are mounted the other way round
+        mask = np.ascontiguousarray(np.rot90(mask))
+    return mask.astype(bool), np.full((s, s), -rng.uniform(40, 100), np.float32)
+
+
+DrawFn = Callable[[np.ndarray, np.random.Generator, SyntheticTexture], tuple[np.ndarray, np.ndarray]]
+DRAWERS: dict[str, DrawFn] = {
+    "scratch": _scratch, "spot": _spot, "crack": _crack, "missing_piece": _missing_piece,
+    "dark_area": _dark_area, "broken_finger": _broken_finger}
+SOLAR_DEFECTS = ("dark_area", "broken_finger")
+
+
+class _Side:
+    """What a drawer reads from its texture: the side length."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+
+def draw_defect(image: np.ndarray, defect: str, rng: np.random.Generator,
+                strength: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """Square uint8 image (S,S) or (S,S,C), S ≥ 32 → (image with ``defect`` drawn, mask (S,S) bool).
+    ``strength`` in (0, 1] scales the drawn intensity shift (real defects are often faint); at least one
+    grey level remains. Gray: every mask pixel changes and no other does. Colour: the gray drawing's
+    shift in every channel."""
+    if not 0 < strength <= 1:
+        raise InputError(f"draw_defect: strength {strength!r}: expected a value in (0, 1]")
+    if defect not in DRAWERS:
+        raise InputError(f"synthetic defect '{defect}': expected one of {', '.join(DRAWERS)}")
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or image.shape[0] != image.shape[1] or image.shape[0] < 32:
+        raise InputError(f"draw_defect: image {image.dtype} {image.shape}: expected a square uint8 (S,S[,C]), S >= 32")
+    gray = image if image.ndim == 2 else np.rint(image.mean(axis=2)).astype(np.uint8)
+    mask, delta = DRAWERS[defect](gray, rng, _Side(image.shape[0]))
+    delta = np.asarray(delta, np.float32) * np.float32(strength)
+    if image.ndim == 2:
+        return _apply(gray, mask, delta), mask
+    planes = [_apply(np.ascontiguousarray(image[:, :, c]), mask, delta) for c in range(image.shape[2])]
+    return np.stack(planes, axis=2), mask
 
 
 # ---- the data set ----------------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 A held-out fraction of the good training images (default 10 %) is scored through the exported
 runtime (onnxruntime) — not through torch — to set the default image threshold (quantile 0.99 of
 those scores). The threshold lives in metadata; ``ad-calibrate`` replaces it without a re-export.
+
+With a ``TilingSpec`` (``ad-export --tile``) the detector is fitted on the tiles of the fit images
+(``runtime.tiling`` grid, written as lossless PNG to a temporary folder, at most ``MAX_FIT_TILES``:
+a seeded subsample beyond), the golden frames are tiles, the ``tiling`` block is recorded (hashed
+contract), and the held-out images are scored whole, tiled, as the runtime will score them.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +30,10 @@ from ..calibrate.thresholds import MIN_HOLDOUT, resolution_warning
 from ..models.detector import get_detector
 from ..runtime.pipeline import Inspector
 from ..runtime.preprocess import read_image
+from ..runtime.tiling import TilingSpec, cut
 from .writer import write_detector
+
+MAX_FIT_TILES = 20000
 
 
 @dataclass
@@ -118,20 +127,67 @@ def _say(progress: bool | None, text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
+def write_tiles(paths: Sequence[Path], spec: TilingSpec, folder: Path, max_tiles: int = MAX_FIT_TILES,
+                seed: int = 0, progress: bool | None = None) -> tuple[list[Path], dict[str, Any]]:
+    """Cut every image of ``paths`` into ``spec``'s grid and write the tiles as PNG into ``folder``
+    (at most ``max_tiles``: a seeded subsample of each image's tiles beyond) → (tile paths, what to
+    record: ``n_fit_tiles``, ``fit_frames`` and ``fit_frame_size`` [H, W] when all images share one)."""
+    import cv2
+
+    from ..progress import steps
+
+    per_image = max(1, max_tiles // max(1, len(paths)))
+    rng = np.random.default_rng(seed)
+    out, sizes = [], set()
+    for i, path in enumerate(steps(paths, len(paths), "tiles", progress)):
+        frame = read_image(path)
+        tiles, _ = cut(frame, spec)
+        sizes.add(frame.shape[:2])
+        keep = np.sort(rng.choice(len(tiles), per_image, replace=False)) if len(tiles) > per_image else range(len(tiles))
+        for j in keep:
+            name = folder / f"{i:05d}_{j:05d}.png"
+            if not cv2.imwrite(str(name), tiles[j]):
+                raise InputError(f"{name}: cannot write a fit tile; check free space in the temporary folder")
+            out.append(name)
+    record: dict[str, Any] = {"n_fit_tiles": len(out), "fit_frames": len(paths)}
+    if len(sizes) == 1:
+        record["fit_frame_size"] = [int(v) for v in next(iter(sizes))]
+    return out, record
+
+
 def fit_and_export(train: Sequence[Path], detector: str, params: dict[str, Any], out: str | Path,
                    holdout: float = 0.1, quantile: float = 0.99, seed: int = 0,
-                   progress: bool | None = None, model=None) -> ExportReport:
+                   progress: bool | None = None, model=None, tiling: TilingSpec | None = None) -> ExportReport:
     """Fit (``model`` if given, built and checked beforehand; else built from ``detector`` / ``params``),
-    export to ``out``, set the default threshold on the held-out good images."""
+    export to ``out``, set the default threshold on the held-out good images. ``tiling``: fit on tiles
+    (module docstring)."""
     fit_paths, hold_paths = split_holdout(list(train), holdout, seed)
     model = model if model is not None else build_detector(detector, params, progress)
-    start = time.perf_counter()
-    model.fit(fit_paths)
-    fit_seconds = time.perf_counter() - start
-    _say(progress, f"exporting {detector} to {out} (ONNX) …")
-    start = time.perf_counter()
-    artifact = write_detector(model, out, golden_images=[*hold_paths, *fit_paths])
-    export_seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="anomedge-tiles-") as tmp:
+        tile_record = None
+        if tiling is not None:
+            _say(progress, f"cutting {len(fit_paths)} good images into {tiling.tile} px tiles …")
+            (Path(tmp) / "fit").mkdir()
+            (Path(tmp) / "hold").mkdir()
+            fit_on, tile_record = write_tiles(fit_paths, tiling, Path(tmp) / "fit", seed=seed, progress=progress)
+            # golden tiles from held-out images first: a tile whose patches are in the bank sits at distance ≈ 0,
+            # where the reference's and the runtime's float32 distances differ most (cancellation)
+            hold_tiles = write_tiles(hold_paths[:2], tiling, Path(tmp) / "hold", max_tiles=8, seed=seed,
+                                     progress=False)[0] if hold_paths else []
+            golden_on = [*hold_tiles, *fit_on]
+        else:
+            fit_on, golden_on = fit_paths, [*hold_paths, *fit_paths]
+        start = time.perf_counter()
+        model.fit(fit_on)
+        fit_seconds = time.perf_counter() - start
+        _say(progress, f"exporting {detector} to {out} (ONNX) …")
+        start = time.perf_counter()
+        artifact = write_detector(model, out, golden_images=golden_on)
+        if tile_record is not None:
+            with Artifact.edit(artifact.root) as edit:
+                edit.meta["tiling"] = {**tiling.to_dict(), **tile_record}
+            artifact = edit.artifact
+        export_seconds = time.perf_counter() - start
     threshold = None
     if hold_paths:
         _say(progress, f"scoring {len(hold_paths)} held-out good images on onnxruntime for the default threshold …")

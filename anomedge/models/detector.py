@@ -76,6 +76,10 @@ DETECTORS: dict[str, str] = {
     "kmeans": "anomedge.models.baseline:KMeansBaseline",
     "autoencoder": "anomedge.models.autoencoder:Autoencoder",
     "mae": "anomedge.models.mae:MaskedAutoencoder",
+    "simplenet": "anomedge.models.simplenet:SimpleNet",
+    "ensemble": "anomedge.models.ensemble:Ensemble",
+    "teacher_student": "anomedge.models.teacher_student:TeacherStudent",
+    "synthetic_seg": "anomedge.models.synthetic_seg:SyntheticSeg",
 }
 
 

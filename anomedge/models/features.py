@@ -21,11 +21,16 @@ def batches(paths: Sequence[Path], spec: InputSpec, batch_size: int) -> Iterator
 
 @torch.inference_mode()
 def extract(module: Callable[[torch.Tensor], torch.Tensor], paths: Sequence[Path], spec: InputSpec,
-            batch_size: int = 16, progress: bool | None = None) -> np.ndarray:
-    """Run ``module`` over all images → concatenated (N, …) float32 numpy array."""
-    from ..progress import steps
+            batch_size: int = 16, progress: bool | None = None, augment: Sequence[str] = ()) -> np.ndarray:
+    """Run ``module`` over all images → concatenated (N·(1+len(augment)), …) float32 numpy array.
 
-    total = (len(paths) + batch_size - 1) // batch_size
+    ``augment``: view names of ``augment.VIEWS``; each batch is followed by its transformed copies, so
+    the rows are [batch 0, its views…, batch 1, …]."""
+    from ..progress import steps
+    from .augment import with_views
+
+    views = tuple(augment)
+    total = (len(paths) + batch_size - 1) // batch_size * (1 + len(views))
     outs = [module(b).float().numpy()
-            for b in steps(batches(paths, spec, batch_size), total, "features", progress)]
+            for b in steps(with_views(batches(paths, spec, batch_size), views), total, "features", progress)]
     return np.concatenate(outs, axis=0)

@@ -5,10 +5,14 @@ finest stage's grid and concatenated, D = ΣCᵢ), then a seeded random subset o
 selected *inside* the graph (``index_select`` → ONNX Gather, so the output is already reduced), then
 optionally averaged over ``grid_pool``×``grid_pool`` cells (a coarser grid: fewer positions, a smaller
 artifact).
-Fit: per position p, the mean μₚ (C,) and covariance Σₚ (C,C) of the good images' features, in float64,
-with Ledoit-Wolf shrinkage (closed form, vectorised over positions) and/or a ridge ε·I.
+Fit: per position p, the sufficient statistics of the good images' features (count, mean μₚ, scatter,
+two higher moments; ``gaussian_stats``) in float64, then the covariance Σₚ (C,C) with Ledoit-Wolf
+shrinkage (closed form, vectorised over positions) and/or a ridge ε·I — from the statistics, so that
+``ad-update`` (anomedge.update) merging new images gives exactly what a refit on the union gives.
 Artifact: ``mean.npy`` (h·w, C) float32 and ``factor.npy`` (h·w, C, C) with L Lᵀ = Σₚ⁻¹, float32 or
-float16 (``factor_dtype``). Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
+float16 (``factor_dtype``); with ``update_stats`` (default) also ``stats.npy`` (h·w, K) float64, the packed
+statistics (``model.stats``; never read by the runtime).
+Score: the existing ``mahalanobis`` head, ‖Lᵀ(x − μ)‖ per position.
 Size: h·w·C²·bytes — 224 px, stride 8 → 784·100²·4 B = 31 MB (float32); float16 or ``grid_pool=2``
 divide it by 2 and 4.
 """
@@ -26,9 +30,11 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..errors import InputError
 from ..scoring.kernels import inverse_cov_factor
+from .augment import parse_augment
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract
+from .gaussian_stats import LAYOUT, STATS_FILE, GaussianStats, concat, covariance, from_samples, pack
 
 SHRINKAGES = ("ledoit_wolf", "none")
 FACTOR_DTYPES = ("float32", "float16")
@@ -46,7 +52,11 @@ class PadimFeatures(torch.nn.Module):
         self.select = channel_index is not None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.extractor(x)
+        return self.combine(self.extractor(x))
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps (finest first) → (N,C,h,w); ``extractor`` may be None when only this is used
+        (the one-pass ensemble feeds it a shared backbone's maps)."""
         size = maps[0].shape[-2:]
         maps = [maps[0]] + [F.interpolate(m, size=size, mode="bilinear", align_corners=False) for m in maps[1:]]
         feats = torch.cat(maps, dim=1)
@@ -116,6 +126,27 @@ def gaussian_fit(x: torch.Tensor, shrinkage: str = "ledoit_wolf", ridge: float =
     return mean, cov
 
 
+def gaussian_arrays(stats: GaussianStats, shrinkage: str, ridge: float, factor_dtype: str,
+                    chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Statistics → the artifact's ``mean.npy`` (P,C) float32 and ``factor.npy`` (P,C,C) L with L Lᵀ = Σ⁻¹
+    (``factor_dtype``), Σ from ``gaussian_stats.covariance`` — the one path of the fit and of ad-update."""
+    factors = []
+    for start in range(0, stats.positions, chunk):
+        part = GaussianStats(stats.count, *(getattr(stats, k)[start:start + chunk] for k in ("mean", "m2", "t", "q")))
+        factors.append(inverse_cov_factor(covariance(part, shrinkage, ridge), dtype=np.float64))
+    factor = np.concatenate(factors)
+    out = np.ascontiguousarray(factor, dtype=factor_dtype)
+    if not np.isfinite(out).all():
+        raise InputError(f"factor_dtype {factor_dtype}: the inverse-covariance factor overflows it "
+                         f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
+    return np.ascontiguousarray(stats.mean, dtype=np.float32), out
+
+
+def stats_block(count: int) -> dict[str, Any]:
+    """The ``model.stats`` entry naming the sufficient-statistics file (read by ad-update only)."""
+    return {"file": STATS_FILE, "count": int(count), "layout": list(LAYOUT), "dtype": "float64"}
+
+
 @dataclass
 class PadimConfig:
     backbone: dict[str, Any] = field(default_factory=lambda: BackboneSpec().to_dict())
@@ -136,7 +167,11 @@ class PadimConfig:
     blur_sigma: float = 4.0
     batch_size: int = 16
     position_chunk: int = 64  # positions per covariance/factor chunk (memory bound of the fit)
+    augment: str = "none"  # or a comma list of hflip, vflip, rot180: transformed training copies (models/augment.py)
     seed: int = 0
+    # ship the float64 sufficient statistics (stats.npy, models.gaussian_stats) so that ad-update can add
+    # good images exactly; never read by the runtime. 14×14 grid, 100 channels: 8.2 MB.
+    update_stats: bool = True
 
 
 class Padim(Detector):
@@ -160,6 +195,7 @@ class Padim(Detector):
         if cfg.shrinkage == "none" and cfg.ridge == 0:
             raise InputError("shrinkage none with ridge 0: the covariance may be singular; set ridge > 0 "
                              "(PaDiM uses 0.01) or shrinkage=ledoit_wolf")
+        self.views = parse_augment(cfg.augment)
         self.progress = progress
         self.spec = BackboneSpec.from_dict(cfg.backbone).with_weights_hash()
         extractor = build_backbone(self.spec)
@@ -193,28 +229,28 @@ class Padim(Detector):
         if len(train) == 0:
             raise InputError("no training images: PaDiM needs at least one good image")
         cfg = self.config
-        feats = extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress)
+        return self.fit_features(extract(self._graph, train, self.input_spec(), cfg.batch_size, self.progress,
+                                         self.views), n_images=len(train))
+
+    def fit_features(self, feats: np.ndarray, n_images: int | None = None) -> "Padim":
+        """Fit on the graph's output for the good images (and their augmented views), ``feats`` (N,C,h,w)
+        float32; ``n_images``: how many images they came from (default N)."""
+        cfg = self.config
         n, c, h, w = feats.shape
         self.grid = (h, w)
-        x = torch.from_numpy(feats.reshape(n, c, h * w)).permute(2, 0, 1)  # (P,N,C) view
-        means, factors = [], []
-        for start in range(0, h * w, cfg.position_chunk):
-            mean, cov = gaussian_fit(x[start:start + cfg.position_chunk], cfg.shrinkage, cfg.ridge)
-            means.append(mean.numpy())
-            factors.append(inverse_cov_factor(cov.numpy(), dtype=np.float64))
-        self.mean = np.ascontiguousarray(np.concatenate(means), dtype=np.float32)
-        factor = np.concatenate(factors)
-        self.factor = np.ascontiguousarray(factor, dtype=cfg.factor_dtype)
-        if not np.isfinite(self.factor).all():
-            raise InputError(f"factor_dtype {cfg.factor_dtype}: the inverse-covariance factor overflows it "
-                             f"(max |L| = {np.abs(factor).max():.3g}); use float32 or a larger ridge")
-        self.n_train = n
+        x = feats.reshape(n, c, h * w).transpose(2, 0, 1)  # (P,N,C) view
+        self.stats = concat([from_samples(x[start:start + cfg.position_chunk])
+                             for start in range(0, h * w, cfg.position_chunk)])
+        self.mean, self.factor = gaussian_arrays(self.stats, cfg.shrinkage, cfg.ridge, cfg.factor_dtype,
+                                                 cfg.position_chunk)
+        self.n_train, self.n_images = n, n_images or n
         return self
 
     def arrays(self) -> dict[str, np.ndarray]:
         if self.mean is None:
             raise InputError("PaDiM is not fitted: call fit() first")
-        return {"mean.npy": self.mean, "factor.npy": self.factor}
+        extra = {STATS_FILE: pack(self.stats)} if self.config.update_stats else {}
+        return {"mean.npy": self.mean, "factor.npy": self.factor, **extra}
 
     def metadata_blocks(self) -> dict[str, Any]:
         if self.mean is None:
@@ -224,8 +260,9 @@ class Padim(Detector):
         c = int(self.mean.shape[1])
         return {
             "input": self.input_spec(),
-            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train,
-                                                    "total_channels": self.total_channels}},
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train": self.n_train, "n_images": self.n_images,
+                                                    "total_channels": self.total_channels},
+                      **({"stats": stats_block(self.stats.count)} if cfg.update_stats else {})},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", c, h, w],
                         "stride": cfg.image_size // h}},
             "scoring": {"kind": "mahalanobis", "placement": "host", "positions": h * w, "channels": c,

@@ -4,6 +4,8 @@ Graph: image (N,3,H,W) → ``features`` (N,D,h,w): each chosen backbone stage is
 ``aggregation``×``aggregation`` neighbourhood (stride 1, padding excluded from the mean), coarser
 stages are bilinearly upsampled to the finest stage's grid, and all are concatenated (D = ΣCᵢ).
 Fit: the features of every good patch, reduced to a coreset (greedy k-center, default 1 %) = the bank.
+The fit records the bank's coverage radius (max distance of a training patch to the bank), from
+which ``ad-update`` continues the greedy on new good images (``coreset_extend``).
 Score: distance of each patch to its nearest bank row (mean of k nearest); image score = a reduction
 of the patch scores (mean of the top 5 % by default; ``max`` available); anomaly map = patch scores upsampled and blurred (σ=4).
 """
@@ -21,8 +23,10 @@ import torch.nn.functional as F
 from ..artifact import InputSpec
 from ..benchmark import fastest_knn_kernel
 from ..errors import InputError
+from .augment import parse_augment
 from .backbones import BackboneSpec, build_backbone
 from .coreset import greedy_coreset
+from .coreset_extend import coverage_radius
 from .detector import Detector
 from .features import extract
 
@@ -36,7 +40,11 @@ class PatchFeatures(torch.nn.Module):
         self.aggregation = aggregation
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        maps = self.extractor(x)
+        return self.combine(self.extractor(x))
+
+    def combine(self, maps: list[torch.Tensor]) -> torch.Tensor:
+        """The stage maps (finest first) → (N,D,h,w); ``extractor`` may be None when only this is used
+        (the one-pass ensemble feeds it a shared backbone's maps)."""
         k = self.aggregation
         if k > 1:
             maps = [F.avg_pool2d(m, k, stride=1, padding=k // 2, count_include_pad=False) for m in maps]
@@ -58,6 +66,7 @@ class PatchCoreConfig:
     blur_sigma: float = 4.0
     bank_dtype: str = "float32"
     batch_size: int = 16
+    augment: str = "none"  # or a comma list of hflip, vflip, rot180: transformed training copies (models/augment.py)
     seed: int = 0
 
 
@@ -70,6 +79,7 @@ class PatchCore(Detector):
         self.config = config or PatchCoreConfig()
         if not 0 < self.config.coreset_fraction <= 1:
             raise InputError(f"coreset fraction {self.config.coreset_fraction}: expected a value in (0, 1]")
+        self.views = parse_augment(self.config.augment)
         self.progress = progress
         self.spec = BackboneSpec.from_dict(self.config.backbone).with_weights_hash()
         self._graph = self.build_graph(self.model_block())
@@ -94,7 +104,11 @@ class PatchCore(Detector):
     def fit(self, train: Sequence[Path]) -> "PatchCore":
         if len(train) == 0:
             raise InputError("no training images: PatchCore needs at least one good image")
-        feats = extract(self._graph, train, self.input_spec(), self.config.batch_size, self.progress)
+        return self.fit_features(extract(self._graph, train, self.input_spec(), self.config.batch_size,
+                                         self.progress, self.views))
+
+    def fit_features(self, feats: np.ndarray) -> "PatchCore":
+        """Fit on the graph's output for the good images (and their augmented views), ``feats`` (N,D,h,w) float32."""
         n, d, h, w = feats.shape
         self.grid = (h, w)
         patches = feats.transpose(0, 2, 3, 1).reshape(-1, d)
@@ -106,6 +120,8 @@ class PatchCore(Detector):
                                    progress=self.progress)
         self.bank = np.ascontiguousarray(patches[index]).astype(self.config.bank_dtype)
         self.n_train_patches = len(patches)
+        # what ad-update continues the greedy from: every training patch lies within this of the bank
+        self.coverage_radius = coverage_radius(patches, self.bank)
         self.kernel, self.kernel_ms = fastest_knn_kernel(self.bank, h * w, self.config.k)
         return self
 
@@ -119,7 +135,8 @@ class PatchCore(Detector):
         cfg = self.config
         return {
             "input": self.input_spec(),
-            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train_patches": self.n_train_patches}},
+            "model": {**self.model_block(), "fit": {**asdict(cfg), "n_train_patches": self.n_train_patches,
+                                                    "coverage_radius": self.coverage_radius}},
             "outputs": {"names": list(self.output_names), "features": {"shape": ["N", int(self.bank.shape[1]), h, w],
                         "stride": cfg.image_size // h}},
             "scoring": {"kind": "knn", "k": cfg.k, "metric": "l2", "placement": "host", "bank_rows": int(len(self.bank)),

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifact import Artifact
-from ..scoring.heads import KNN_GRAPH, KNN_KERNELS, knn_graph
+from ..scoring.heads import KNN_GRAPH, KNN_KERNELS, NEEDS_GRAPH, knn_graph
 
 CACHE_DIR = ".cache"
 RACE_RUNS = 7
@@ -32,7 +32,7 @@ log = logging.getLogger("anomedge")
 
 @dataclass
 class KernelChoice:
-    """kernel: the winner; how: "cached" | "raced" | "only numpy (no knn.onnx)"; ms: median ms by
+    """kernel: the winner; how: "cached" | "raced" | "raced (no knn.onnx: host kernels only)"; ms: median ms by
     kernel of one frame's search (empty when not raced); cache: the file written or read (None if none)."""
 
     kernel: str
@@ -90,6 +90,8 @@ def race(artifact: Artifact, runs: int = RACE_RUNS) -> dict[str, float]:
     graph = knn_graph(artifact)
     times = {}
     for name, make in KNN_KERNELS.items():
+        if graph is None and name in NEEDS_GRAPH:
+            continue
         index = make(bank, k, graph)
         index.search(q, k)
         laps = []
@@ -126,8 +128,6 @@ def _write(path: Path, entry: dict) -> bool:
 def choose_kernel(artifact: Artifact, fresh: bool = False) -> KernelChoice:
     """The host kNN kernel for this artifact on this machine (see the module docstring);
     ``fresh``: race again even if a cached winner exists."""
-    if knn_graph(artifact) is None:
-        return KernelChoice("numpy", f"only numpy (no {KNN_GRAPH})")
     identity = _identity(artifact)
     candidates = cache_candidates(artifact)
     if not fresh:
@@ -137,14 +137,15 @@ def choose_kernel(artifact: Artifact, fresh: bool = False) -> KernelChoice:
                 return KernelChoice(entry["kernel"], "cached", entry.get("ms", {}), str(path))
     ms = race(artifact)
     winner = min(ms, key=ms.get)
+    how = "raced" if knn_graph(artifact) is not None else f"raced (no {KNN_GRAPH}: host kernels only)"
     entry = {"kernel": winner, "ms": {k: round(v, 4) for k, v in ms.items()}, "cpu": cpu_name(),
              "fingerprint": cpu_fingerprint(), "identity": identity,
              "raced": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for path in candidates:
         if _write(path, entry):
-            return KernelChoice(winner, "raced", entry["ms"], str(path))
+            return KernelChoice(winner, how, entry["ms"], str(path))
     log.warning("kNN kernel race: no writable cache (%s); the race runs again at every load",
                 ", ".join(str(p.parent) for p in candidates))
-    return KernelChoice(winner, "raced", entry["ms"], None)
+    return KernelChoice(winner, how, entry["ms"], None)
 
 

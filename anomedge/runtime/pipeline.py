@@ -8,6 +8,15 @@ The PyTorch reference brings its own torch stages. ``inspect(frames)``
 returns an ``Inspection`` for the batch; ``decision`` (``runtime.decision.Decision``) holds the
 thresholds from metadata (or the ``threshold=`` override) and ``decide(score)`` applies it, failing
 closed (OK only for a finite score under a finite threshold). Thresholds never live in the graph.
+
+A tiled artifact (``tiling`` block, ``runtime.tiling``) is inspected at full resolution: each frame is
+cut into its edge-aligned grid of tiles, the tiles go through the same four stages in batches of at
+most ``max_tile_batch`` (the memory bound), the per-tile maps are stitched into one (H,W) map at
+frame resolution, and the image score is the max over the tile scores (each tile scored with the
+artifact's own reduction, exactly as the fit and the golden frames saw it; a mean over the whole
+frame would dilute a few-pixel defect by the number of tiles). ``inspect(..., tiled=False)`` runs a
+frame as one model input (the golden frames: they prove the model, the cut / stitch are exact host
+code tested against numpy).
 """
 
 from __future__ import annotations
@@ -27,9 +36,11 @@ from .backends.base import Backend, Stages
 from .decision import Decision, thresholds_for
 from .preprocess import preprocess
 from .registry import get_backend
+from .tiling import Stitcher, TilingSpec, crop, grid
 
 STAGE_NAMES = ("preprocess", "infer", "score", "postprocess")
 PLACEMENTS = ("host", "graph")
+MAX_TILE_BATCH = 4096
 
 
 @dataclass
@@ -81,17 +92,26 @@ def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel
             return masked_postprocess(patch_scores, mask, size, post["blur_sigma"], post["reduction"])
         return image_scores(patch_scores, post["reduction"]), anomaly_maps(patch_scores, size, post["blur_sigma"])
 
+    # a head that reduces and maps its own outputs (scoring.kind ensemble: per member, then fused)
+    postprocess = getattr(head, "postprocess", postprocess)
     return Stages(lambda frames: preprocess(frames, meta.input), backend.infer, head, postprocess)
 
 
 class Inspector:
     def __init__(self, artifact: Artifact, backend: str = "onnxruntime", device: str = "auto",
                  threshold: float | None = None, placement: str | None = None, knn_kernel: str | None = None,
-                 **options: Any):
+                 max_tile_batch: int = 16, **options: Any):
         """``placement``: "host" (graph features + host kernel) or "graph" (scoring inside
         ``model.graph.onnx``); default: the artifact's ``scoring.placement``. ``knn_kernel``: override
         the host kNN kernel (default: raced on this machine, cached beside the artifact).
+        ``max_tile_batch``: most tiles per backend call on a tiled artifact (1 for a fixed-batch graph).
         ``options`` go to the backend."""
+        if isinstance(max_tile_batch, bool) or not isinstance(max_tile_batch, int) \
+                or not 1 <= max_tile_batch <= MAX_TILE_BATCH:
+            raise InputError(f"--max-tile-batch {max_tile_batch!r}: expected a whole number in [1, {MAX_TILE_BATCH}]")
+        tiling = artifact.metadata.tiling
+        self.tiling = TilingSpec.from_dict(tiling) if tiling else None
+        self.max_tile_batch = max_tile_batch if artifact.metadata.input.dynamic_batch else 1
         placement = placement or artifact.metadata.scoring.get("placement", "host")
         graph = graph_file(artifact, placement)
         if graph is not None:
@@ -101,6 +121,9 @@ class Inspector:
         self.artifact = artifact
         self.placement = placement
         self.ignore_mask = load_ignore_mask(artifact)
+        if self.tiling is not None and self.ignore_mask is not None:
+            raise InputError(f"{artifact.root}: an ignore mask on a tiled artifact is not supported (the mask is at "
+                             "model resolution, the map at frame resolution); ad-mask ARTIFACT --clear")
         self.backend = get_backend(backend)(artifact, device, **options)
         self.backend.open()
         try:
@@ -132,9 +155,15 @@ class Inspector:
         ``on_error="ng"``) for a non-finite score or no threshold."""
         return self.decision.label(score)[0]
 
-    def inspect(self, frames: list[np.ndarray], ignore_mask: bool = True) -> Inspection:
+    def inspect(self, frames: list[np.ndarray], ignore_mask: bool = True, tiled: bool = True) -> Inspection:
         """``ignore_mask=False``: without the artifact's ignore mask (ad-verify: the golden frames were
-        recorded without one)."""
+        recorded without one). On a tiled artifact each frame is tiled (module docstring) unless
+        ``tiled=False``; then ``maps`` is (N,H,W) at frame resolution (frames of one size per call)."""
+        if self.tiling is not None and tiled:
+            results = [self._inspect_tiled(frame) for frame in frames]
+            timings = {name: sum(r.timings_ms[name] for r in results) for name in STAGE_NAMES}
+            return Inspection(np.concatenate([r.scores for r in results]), np.stack([r.maps[0] for r in results]),
+                              timings)
         stages = self.stages
         mask = self.ignore_mask if ignore_mask else None
         timings: dict[str, float] = {}
@@ -146,3 +175,26 @@ class Inspector:
             timings[name] = (time.perf_counter() - start) * 1e3
         scores, maps = value
         return Inspection(_as_numpy(scores).astype(np.float32), _as_numpy(maps).astype(np.float32), timings)
+
+    def _inspect_tiled(self, frame: np.ndarray) -> Inspection:
+        """One frame → its tiles in batches of ``max_tile_batch`` → score (max over tiles), stitched map
+        (1,H,W); stitching is timed as postprocess."""
+        if not isinstance(frame, np.ndarray) or frame.ndim not in (2, 3):
+            raise InputError(f"frame of type {type(frame).__name__}: expected an (H,W) or (H,W,C) image array")
+        spec = self.tiling
+        origins = grid(frame.shape[0], frame.shape[1], spec)
+        timings = dict.fromkeys(STAGE_NAMES, 0.0)
+        scores, stitcher = [], Stitcher(frame.shape[:2], spec)
+        for start in range(0, len(origins), self.max_tile_batch):
+            batch = origins[start:start + self.max_tile_batch]
+            part = self.inspect(crop(frame, batch, spec.tile), ignore_mask=False, tiled=False)
+            scores.append(part.scores)
+            for name in STAGE_NAMES:
+                timings[name] += part.timings_ms[name]
+            begin = time.perf_counter()
+            stitcher.add(part.maps, batch)
+            timings["postprocess"] += (time.perf_counter() - begin) * 1e3
+        full = stitcher.result()
+        tile_scores = np.concatenate(scores)
+        score = np.float32(tile_scores.max()) if np.isfinite(tile_scores).all() else np.float32(np.nan)
+        return Inspection(np.array([score], np.float32), full[None], timings)

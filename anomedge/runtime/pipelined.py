@@ -120,7 +120,8 @@ class ThreadBudget:
 
 def fit_kernel_threads(inspector: Any, threads: int) -> None:
     """Give the onnxruntime kNN kernel (its own session) ``threads`` intra-op threads, as the backbone has;
-    the numpy kernel follows the BLAS limit. Same graph, same bank: the same distances."""
+    the numpy kernel follows the BLAS limit. Same graph, same bank: the same distances. (An ensemble's member
+    kernels keep their own sessions.)"""
     from ..scoring.heads import knn_graph
     from ..scoring.kernels import OnnxKnnIndex
 

@@ -131,8 +131,9 @@ class VerifyResult:
 
 def run_golden(inspector, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Scores (N,) and maps (N,H,W) of ``frames``, one frame per batch (fixed-batch artifacts too), without
-    the ignore mask: the golden frames prove the model; the mask is an exact host step (docs/drift-and-masks.md)."""
-    results = [inspector.inspect([f], ignore_mask=False) for f in frames]
+    the ignore mask: the golden frames prove the model; the mask is an exact host step (docs/drift-and-masks.md).
+    On a tiled artifact each golden frame is one tile (model resolution), not cut: cut / stitch are exact host code."""
+    results = [inspector.inspect([f], ignore_mask=False, tiled=False) for f in frames]
     return np.concatenate([r.scores for r in results]), np.concatenate([r.maps for r in results])
 
 

