@@ -39,6 +39,9 @@ from .common import one_line_errors
 @click.option("--capture-thread/--no-capture-thread", default=True, show_default=True,
               help="Read frames on a background thread (overlaps decoding with inference).")
 @click.option("--max-frames", type=int, default=None, help="Stop after this many records.")
+@click.option("--pipeline-depth", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Frames computed ahead on worker threads (0: one at a time); same records, same order "
+                   "(docs/throughput.md).")
 @click.option("--exit-on-disconnect", is_flag=True, help="End the run (exit 1) when a live source disconnects.")
 @click.option("--reconnect-max-s", type=float, default=30.0, show_default=True, help="Longest reconnect back-off.")
 @click.option("--open-timeout-s", type=float, default=10.0, show_default=True, help="Give up opening a source after this.")
@@ -84,10 +87,10 @@ from .common import one_line_errors
 @click.option("--quiet", is_flag=True, help="Print only the summary line.")
 @one_line_errors
 def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, loop, width, height, fps, exposure,
-         gain, roi, policy, capture_thread, max_frames, exit_on_disconnect, reconnect_max_s, open_timeout_s, backend,
-         device, precision, placement, allow_fallback, threads, threshold, on_error, max_pixels, knn_kernel,
-         max_tile_batch, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every, webhook, mqtt, serve, trust,
-         require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
+         gain, roi, policy, capture_thread, max_frames, pipeline_depth, exit_on_disconnect, reconnect_max_s,
+         open_timeout_s, backend, device, precision, placement, allow_fallback, threads, threshold, on_error,
+         max_pixels, knn_kernel, max_tile_batch, skip_verify, jsonl, csv_path, rotate_mb, fsync, save_ng, save_every,
+         webhook, mqtt, serve, trust, require_signature, url, protocol, model_name, token, allow_host, as_json, quiet):
     """Inspect every frame of a source with ARTIFACT; one decision record per frame and a summary."""
     import contextlib
     import logging
@@ -100,6 +103,7 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
     from ..runtime.evidence import EvidenceWriter
     from ..runtime.pipeline import Inspector
     from ..runtime.decision import check_threshold
+    from ..runtime.pipelined import ThreadBudget, fit_kernel_threads, run_pipelined
     from ..runtime.runner import Runner
     from ..runtime.sinks import ConsoleSink, CsvSink, JsonlSink, SinkError
     from ..runtime.sources import CaptureSettings, VideoSource, open_source, parse_roi
@@ -167,9 +171,14 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
         options = {k: v for k, v in (("precision", precision), ("allow_fallback", allow_fallback or None)) if v}
         if backend == "triton":
             options.update(url=url, protocol=protocol, model=model_name)
-        inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold, threads=threads,
+        budget = ThreadBudget.plan(pipeline_depth, threads=threads, backend=backend) if pipeline_depth else None
+        inspector = stack.enter_context(Inspector(loaded, backend, device, threshold=threshold,
+                                                  threads=budget.intra_op if budget else threads,
                                                   knn_kernel=knn_kernel, placement=placement,
                                                   max_tile_batch=max_tile_batch, **options))
+        if budget is not None:  # one thread budget: workers × intra-op threads = the cores (runtime.pipelined)
+            fit_kernel_threads(inspector, budget.intra_op)
+            stack.enter_context(budget.applied())
         if inspector.threshold is None:
             raise click.UsageError("the artifact has no image threshold: run ad-calibrate or pass --threshold")
         from ..runtime.verify import startup_check
@@ -206,10 +215,12 @@ def main(artifact, source, camera, watch, watch_state, settle_s, watch_retries, 
                 summary = runner.summary
             else:
                 try:
-                    summary = runner.run(capture if capture is not None else frames, stop_event=stop,
-                                         max_frames=max_frames, on_done=getattr(frames, "ack", None),
-                                         dropped=(lambda: capture.dropped) if capture is not None else None,
-                                         reconnects=(lambda: frames.reconnects) if hasattr(frames, "reconnects") else None)
+                    summary = run_pipelined(runner, capture if capture is not None else frames, pipeline_depth,
+                                            workers=budget.workers if budget else None, stop_event=stop,
+                                            max_frames=max_frames, on_done=getattr(frames, "ack", None),
+                                            dropped=(lambda: capture.dropped) if capture is not None else None,
+                                            reconnects=(lambda: frames.reconnects) if hasattr(frames, "reconnects")
+                                            else None)
                 except SinkError as exc:  # the summary is still printed; exit 1 below
                     failure, summary = exc, runner.summary
                     stop.set()

@@ -87,6 +87,17 @@ class Summary:
                 f"{self.dropped} dropped, {self.reconnects} reconnects")
 
 
+@dataclass
+class Computed:
+    """``Runner.compute``'s result: the inspected image (ROI applied), the ``Inspection`` and its wall
+    time in ms, or the exception it raised (``exc``); all None for a frame that came with an error."""
+
+    image: np.ndarray | None = None
+    result: Any = None
+    total_ms: float = 0.0
+    exc: Exception | None = None
+
+
 def _finite(value: float) -> float | None:
     return None if not np.isfinite(value) else round(value, 3)
 
@@ -163,8 +174,24 @@ class Runner:
                         old.pixel_threshold, new.pixel_threshold)
 
     # one frame -------------------------------------------------------------------------------------
-    def inspect(self, frame: Frame, dropped: int | None = None) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
-        """One frame → (record, the inspected image (ROI applied) or None, its (h,w) anomaly map or None)."""
+    def compute(self, frame: Frame) -> Computed:
+        """The stateless part of a frame (ROI crop, preprocess, backbone, scoring, postprocess): no
+        decision, sinks or counters, so the pipelined loop (``runtime.pipelined``) runs it on worker
+        threads. A failure is kept in ``Computed.exc`` and raised where the record is made."""
+        if frame.error is not None:
+            return Computed()
+        try:
+            image = crop_roi(frame.image, self.roi)
+            start = time.perf_counter()
+            result = self.inspector.inspect([image])
+            return Computed(image, result, (time.perf_counter() - start) * 1e3)
+        except Exception as exc:  # noqa: BLE001  raised again, in order, by inspect()
+            return Computed(exc=exc)
+
+    def inspect(self, frame: Frame, dropped: int | None = None, computed: Computed | None = None
+                ) -> tuple[dict[str, Any], np.ndarray | None, np.ndarray | None]:
+        """One frame → (record, the inspected image (ROI applied) or None, its (h,w) anomaly map or None).
+        ``computed``: ``compute(frame)`` done beforehand (pipelined loop); None: computed here."""
         decision = self.decision
         record: dict[str, Any] = {"source": frame.source, "index": frame.index, "timestamp": round(frame.timestamp, 6)}
         if dropped is not None:
@@ -172,7 +199,7 @@ class Runner:
         error = frame.error
         if error is None:
             try:
-                return self._inspect(frame, record, decision)
+                return self._inspect(frame, record, decision, computed)
             except InputError as exc:
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001  one frame must never end the run; the record says why
@@ -180,11 +207,16 @@ class Runner:
         record.update(label="ERROR" if decision.on_error == "error" else "NG", error=error)
         return record, None, None
 
-    def _inspect(self, frame: Frame, record: dict[str, Any], decision: Decision):
-        image = crop_roi(frame.image, self.roi)
-        start = time.perf_counter()
-        result = self.inspector.inspect([image])
-        total = (time.perf_counter() - start) * 1e3
+    def _inspect(self, frame: Frame, record: dict[str, Any], decision: Decision, computed: Computed | None = None):
+        if computed is None:
+            image = crop_roi(frame.image, self.roi)
+            start = time.perf_counter()
+            result = self.inspector.inspect([image])
+            total = (time.perf_counter() - start) * 1e3
+        else:
+            if computed.exc is not None:
+                raise computed.exc
+            image, result, total = computed.image, computed.result, computed.total_ms
         score = float(result.scores[0])
         small_map = result.maps[0]
         label, reason = decision.label(score)
@@ -232,11 +264,12 @@ class Runner:
         """Inspect, write to every sink, count, tell the observers; returns the record."""
         return self.process_full(frame, dropped)[0]
 
-    def process_full(self, frame: Frame, dropped: int | None = None):
-        """As ``process``; returns (record, inspected image or None, (h,w) anomaly map or None)."""
+    def process_full(self, frame: Frame, dropped: int | None = None, computed: Computed | None = None):
+        """As ``process``; returns (record, inspected image or None, (h,w) anomaly map or None).
+        ``computed``: ``compute(frame)`` done beforehand (the pipelined loop)."""
         with self.lock:
             self.refresh_decision()
-            record, image, small_map = self.inspect(frame, dropped)
+            record, image, small_map = self.inspect(frame, dropped, computed)
             if self.drift is not None:
                 alarm = self.drift.update(record, image)
                 if alarm is not None:
