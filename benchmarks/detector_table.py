@@ -77,6 +77,7 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
     ("autoencoder ssim", "autoencoder", {"ssim_weight": 1.0, "error_map": "ssim"}, "MSE + SSIM loss, SSIM map"),
     ("mae", "mae", {}, "64 px, LayerNorm"),
     ("mae dyt", "mae", {"norm": "dyt"}, "Dynamic Tanh"),
+    ("synthetic_seg", "synthetic_seg", {"epochs": 2}, "conv head on Lite0 2+4 + kNN channel, drawn defects"),
 ]
 KNOWN = {d for _, d, _, _ in VARIANTS}
 
