@@ -54,8 +54,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
-    if placement == "graph" and detector in ("autoencoder", "mae"):
-        raise click.BadParameter(f"{detector} already scores inside its graph (reconstruction error); "
+    if placement == "graph" and detector in ("autoencoder", "mae", "synthetic_seg"):
+        raise click.BadParameter(f"{detector} already scores inside its graph (its map is the output); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
