@@ -103,7 +103,7 @@ def test_learns_held_out_drawn_defects(seg_artifact, elpv_paths):
     history = meta.model["fit"]["history"]
     assert history["final_epoch_loss"] < history["first_epoch_loss"]
     # measured: untrained 0.38, trained 0.63 (3 epochs of 3 steps on 12 cells at 64 px; seeded)
-    assert after > 0.6 and after > before + 0.15, (before, after)
+    assert after > 0.55 and after > before + 0.15, (before, after)
 
 
 def test_seg_loss_and_targets():
