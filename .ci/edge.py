@@ -73,6 +73,8 @@ KINDS = (
                                                 "--param", "threads=1")),
     Kind("vit", "vit", ("--detector", "vit", "--image-size", "56", "--param", "weights=none",
                         "--param", 'model_kwargs={"depth": 2}', "--param", "blocks=[0, 1]")),
+    Kind("synthetic_seg", "synthetic_seg", ("--detector", "synthetic_seg", *CNN, "--param", "hidden=8",
+                                            "--param", "epochs=1", "--param", "batch_size=4", "--param", "threads=1")),
 )
 
 # The lowest versions pyproject.toml allows, by the Python the floors venv gets. Python 3.10 is JetPack 6's

@@ -84,6 +84,7 @@ VARIANTS: list[tuple[str, str, dict, str]] = [
     ("simplenet", "simplenet", {}, "adaptor + discriminator, σ 0.15, 65k patches × 8 epochs, top-5 %"),
     ("simplenet flips", "simplenet", {"augment": "hflip,vflip,rot180"}, "+ flipped / 180° training copies"),
     ("teacher_student", "teacher_student", {}, "EfficientAD-style: student on Lite0 block 1 → blocks 2+4, 10 epochs, max"),
+    ("synthetic_seg", "synthetic_seg", {"epochs": 2}, "conv head on Lite0 2+4 + kNN channel, drawn defects"),
 ]
 KNOWN = {d for _, d, _, _ in VARIANTS}
 

@@ -67,7 +67,7 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
-    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet", "teacher_student"):
+    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet", "teacher_student", "synthetic_seg"):
         raise click.BadParameter(f"{detector} already scores inside its graph (its anomaly map); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
