@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ import numpy as np
 from anomedge.artifact import Artifact
 from anomedge.progress import progress
 from anomedge.runtime.capture import CaptureThread
+from anomedge.runtime.kernel_race import cpu_name
 from anomedge.runtime.pipeline import Inspector
 from anomedge.runtime.pipelined import ThreadBudget, available_cores, fit_kernel_threads, run_pipelined
 from anomedge.runtime.runner import Runner
@@ -51,15 +51,6 @@ MODES = [("sequential", 0, False, None, True), ("sequential, no capture thread",
          ("depth 1", 1, False, None, True), ("depth 2", 2, False, None, True), ("depth 4", 4, False, None, True)]
 CACHE = Path.home() / ".cache" / "anomedge" / "bench-pipelined"
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def elpv_cells(n: int) -> list[Path]:

@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import sys
 import time
@@ -42,21 +41,13 @@ from anomedge.calibrate.metrics import auroc  # noqa: E402
 from anomedge.datasets.elpv import load_elpv  # noqa: E402
 from anomedge.export.fit import fit_and_export  # noqa: E402
 from anomedge.runtime.imageio import read_image  # noqa: E402
+from anomedge.runtime.kernel_race import cpu_name  # noqa: E402
 from anomedge.runtime.pipeline import Inspector  # noqa: E402
 
 LAYERS = ["blocks.2", "blocks.4"]
 THREADS = 2
 ANOMEDGE_PARAMS = {"patchcore": {"coreset_fraction": 0.01}, "padim": {"n_channels": 100}}
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def folder_mb(path: Path) -> float:
