@@ -17,7 +17,7 @@ cells (10 % held out for the default threshold, as ``benchmarks/detector_table.p
 scored through the artifact on onnxruntime (host scoring, 2 threads) → image AUROC; fit time, artifact
 size; on the first seed's first-cell artifact, runtime p50 (batch 1) interleaved frame by frame with each
 ``--compare`` detector's artifact of the same split, and parity (max rel Δscore, max Δmap, agreement)
-vs the PyTorch reference on ``--parity-frames`` test frames. Prints mean ± std per cell and detector.
+vs the PyTorch reference on ``--parity-frames`` test frames, and ``ad-verify``'s check of the golden frames. Prints mean ± std per cell and detector.
 
 ``splits`` (simplenet): the same protocol over ``--seeds`` from one feature pass per cell type (see
 ``splits_simplenet``): the 5-split mean ± std at a fraction of the cost of 5 exports.
@@ -212,6 +212,12 @@ def test_mode(args, params: dict, work: Path) -> dict:
                     par = parity(ref_s, ref_m, s, m, thr)
                     row.update({"max_rel_dscore": par.max_rel_score_diff, "max_dmap": par.max_map_diff,
                                 "agree": par.decision_agreement, "max_abs_dscore": float(np.abs(s - ref_s).max())})
+                    from anomedge.runtime.verify import verify_inspector
+
+                    with Inspector(rep.artifact, "onnxruntime", threads=2) as insp:  # what ad-verify runs
+                        v = verify_inspector(insp)
+                    row["ad_verify"] = {"status": v.status, "max_rel_dscore": v.parity.max_rel_score_diff,
+                                        "max_dmap": v.parity.max_map_diff, "n": v.parity.n}
                 arts[name] = rep.artifact
                 results["runs"].append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)

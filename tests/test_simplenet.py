@@ -99,6 +99,7 @@ def test_drawn_defects_score_higher_than_good_on_a_texture(brick):
     assert auroc(brick.test_labels, scores) > 0.7  # measured 0.80; an untrained head ≈ 0.5
 
 
+@pytest.mark.slow  # fits and exports a real artifact (module fixture; ~20 s quiet, 70–110 s on the contended box)
 def test_runtime_matches_torch_reference(sn_artifact, brick):
     frames = [read_image(p) for p in brick.test[:6]]
     ref_scores, ref_maps, scores, maps, threshold = reference_and_runtime(sn_artifact, frames)
@@ -115,6 +116,7 @@ def test_runtime_matches_torch_reference(sn_artifact, brick):
     assert meta.model["fit"]["history"]["steps"] > 0
 
 
+@pytest.mark.slow  # fits and exports a real artifact (module fixture)
 def test_build_graph_from_metadata_reproduces_the_graph(sn_artifact, brick):
     from safetensors.torch import load_file
 
