@@ -10,7 +10,7 @@ from .common import one_line_errors, parse_params
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
-@click.option("--detector", default="patchcore", show_default=True, help="patchcore | padim | vit | global_knn | kmeans | autoencoder | mae.")
+@click.option("--detector", default="patchcore", show_default=True, help="patchcore | padim | vit | global_knn | kmeans | autoencoder | mae | ensemble.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
 @click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")
@@ -57,6 +57,9 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     if placement == "graph" and detector in ("autoencoder", "mae"):
         raise click.BadParameter(f"{detector} already scores inside its graph (reconstruction error); "
                                  "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
+    if placement == "graph" and detector == "ensemble":
+        raise click.BadParameter("ensemble scores its members on the host (no graph placement yet); "
+                                 "drop --placement graph", param_hint="--placement")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
                               **({"calib": []} if row.name in ("onnx", "engine") and precision == "int8" else {}),
