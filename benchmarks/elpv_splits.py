@@ -129,6 +129,23 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+def latency_only(args) -> int:
+    """``--latency LABEL=ARTIFACT …``: the interleaved p50 of saved artifacts, merged into ``--json``."""
+    pairs = dict(item.split("=", 1) for item in args.latency)
+    cell, seed = args.cells.split(",")[0], int(args.seeds.split(",")[0])
+    frames = [read_image(p) for p in load_elpv(cell, seed=seed).test[:20]]
+    out_json = Path(args.json)
+    results = json.loads(out_json.read_text()) if out_json.exists() else {"rows": {}}
+    results["p50_ms"] = interleaved_p50({k: Artifact.load(v) for k, v in pairs.items()}, frames, args.runs)
+    results["p50_note"] = f"{cell} seed {seed} artifacts, onnxruntime, batch 1, 2 threads, interleaved, {args.runs} frames"
+    results["summary"] = summarise(results)
+    out_json.write_text(json.dumps(results, indent=1))
+    table = render(results)
+    Path(args.md).write_text(table + "\n")
+    print(table)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", default="patchcore,padim,ensemble", help=f"comma list of: {', '.join(ROWS)}")
@@ -138,7 +155,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default="runs/elpv_splits.json")
     ap.add_argument("--md", default="runs/elpv_splits.md")
     ap.add_argument("--resume", action="store_true", help="keep the splits already in --json, measure the rest")
+    ap.add_argument("--keep", default="", help="keep the first split's artifacts in this folder (default: temporary)")
+    ap.add_argument("--latency", nargs="+", metavar="LABEL=ARTIFACT",
+                    help="only the interleaved p50 of these artifacts (first cell and seed's test frames), into --json")
     args = ap.parse_args(argv)
+    if args.latency:
+        return latency_only(args)
     rows = [r for r in args.rows.split(",") if r]
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
@@ -164,7 +186,7 @@ def main(argv=None) -> int:
                         continue
                     split = splits.setdefault((cell, seed), load_elpv(cell, seed=seed))
                     detector, params, _ = ROWS[label]
-                    out = work / f"{label.replace(' ', '_')}_{cell}_{seed}"
+                    out = (Path(args.keep) if args.keep and first else work) / f"{label.replace(' ', '_')}_{cell}_{seed}"
                     start = time.perf_counter()
                     report = fit_and_export(split.train, detector, params, out, seed=seed, progress=False)
                     scores = score_test(report.artifact, list(split.test))

@@ -132,3 +132,17 @@ def test_metadata_lists_members_hashed_and_bad_members_block_is_refused(fitted):
     with pytest.raises(SchemaError, match="bank.npy"):
         check_metadata(raw)
     assert Artifact.load(art.root).metadata.scoring == meta.scoring  # the stored one still loads (hashes intact)
+
+
+@pytest.mark.parametrize("param, word", [("members=[{\"detector\":\"kmeans\"}]", "cannot be a member"),
+                                         ("normalisation=minmax", "normalisation")])
+def test_ad_export_bad_members_is_one_line_exit_2(tmp_path, param, word):
+    from click.testing import CliRunner
+
+    from anomedge.cli.export import main
+
+    result = CliRunner().invoke(main, ["elpv:mono", "--detector", "ensemble", "--param", param,
+                                       "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and word in lines[0]

@@ -9,6 +9,13 @@ from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
 
 
+# detectors --placement graph does not apply to, and why
+_IN_GRAPH = "already scores inside its graph (its anomaly map is the output)"
+NO_GRAPH_PLACEMENT = {**{name: _IN_GRAPH for name in ("autoencoder", "mae", "simplenet", "teacher_student",
+                                                      "synthetic_seg")},
+                      "ensemble": "scores its members on the host (no graph placement for ensembles yet)"}
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
 @click.option("--detector", default="patchcore", show_default=True, help=" | ".join(DETECTORS) + ".")
@@ -67,9 +74,9 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["backbone"] = spec.to_dict()
     if image_size:
         values["image_size"] = image_size
-    if placement == "graph" and detector in ("autoencoder", "mae", "simplenet", "teacher_student", "synthetic_seg"):
-        raise click.BadParameter(f"{detector} already scores inside its graph (its anomaly map); "
-                                 "--placement graph applies to kNN / Mahalanobis detectors", param_hint="--placement")
+    if placement == "graph" and detector in NO_GRAPH_PLACEMENT:
+        raise click.BadParameter(f"{detector} {NO_GRAPH_PLACEMENT[detector]}; --placement graph applies to the "
+                                 "kNN / Mahalanobis detectors", param_hint="--placement")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
                               **({"calib": []} if row.name in ("onnx", "engine") and precision == "int8" else {}),
