@@ -75,6 +75,9 @@ KINDS = (
                         "--param", 'model_kwargs={"depth": 2}', "--param", "blocks=[0, 1]")),
     Kind("synthetic_seg", "synthetic_seg", ("--detector", "synthetic_seg", *CNN, "--param", "hidden=8",
                                             "--param", "epochs=1", "--param", "batch_size=4", "--param", "threads=1")),
+    Kind("simplenet", "simplenet", ("--detector", "simplenet", *CNN, "--param", "hidden=16", "--param", "epochs=1",
+                                    "--param", "batch_size=256", "--param", "threads=1")),
+    Kind("ensemble", "ensemble", ("--detector", "ensemble", *CNN)),
 )
 
 # The lowest versions pyproject.toml allows, by the Python the floors venv gets. Python 3.10 is JetPack 6's

@@ -210,3 +210,15 @@ def test_a_flat_map_is_compared_relative_to_its_level():
     assert near.max_map_diff < 1e-5
     off = parity(scores, ref, scores, ref * np.float32(1.01), None)
     assert abs(off.max_map_diff - 0.01) < 1e-4
+
+
+def test_a_score_near_zero_is_held_to_the_scores_scale():
+    """z-normalised (ensemble) scores cross zero: float32 noise on a score of 0.01 is not a 2e-4 error."""
+    from anomedge.runtime.verify import parity
+
+    ref = np.array([-5.74, -0.0116, 0.917, -10.65], np.float32)
+    maps = np.zeros((4, 4, 4), np.float32)
+    noise = parity(ref, maps, ref + np.float32(2.5e-6), maps, None)
+    assert noise.max_rel_score_diff < 1e-4  # 2.5e-6 / (0.01 · 10.65) = 2.3e-5; 2.2e-4 relative to 0.0116
+    real = parity(ref, maps, ref * np.float32(1.001), maps, None)
+    assert abs(real.max_rel_score_diff - 1e-3) < 1e-5  # a relative error is still a relative error

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ..errors import InputError
 from ..models.detector import DETECTORS
 from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
@@ -75,8 +76,8 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
     if image_size:
         values["image_size"] = image_size
     if placement == "graph" and detector in NO_GRAPH_PLACEMENT:
-        raise click.BadParameter(f"{detector} {NO_GRAPH_PLACEMENT[detector]}; --placement graph applies to the "
-                                 "kNN / Mahalanobis detectors", param_hint="--placement")
+        raise InputError(f"--placement graph: {detector} {NO_GRAPH_PLACEMENT[detector]}; it applies to the "
+                         "kNN / Mahalanobis detectors — drop it")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
                               **({"calib": []} if row.name in ("onnx", "engine") and precision == "int8" else {}),

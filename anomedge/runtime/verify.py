@@ -52,10 +52,19 @@ class Parity:
     n: int
 
 
+SCORE_SCALE = 0.01
+"""Floor of a score's denominator in ``parity``, as a fraction of the largest |reference score|."""
+
+
 def parity(ref_scores: np.ndarray, ref_maps: np.ndarray, scores: np.ndarray, maps: np.ndarray,
            threshold: float | None) -> Parity:
-    """(N,) scores and (N,H,W) maps vs the reference's; agreement 1.0 when there is no threshold."""
-    rel = np.abs(scores - ref_scores) / np.maximum(np.abs(ref_scores), 1e-12)
+    """(N,) scores and (N,H,W) maps vs the reference's; agreement 1.0 when there is no threshold.
+
+    A score is compared relative to itself, or to ``SCORE_SCALE`` of the largest |reference score| if
+    that is larger: a score that crosses zero (an ensemble's z-normalised score, −10…+1) is held to its
+    scale, not to a value that happens to be 0.01 (where float32 noise of 2e-6 reads as 2e-4)."""
+    scale = np.abs(ref_scores).max(initial=0.0) * SCORE_SCALE
+    rel = np.abs(scores - ref_scores) / np.maximum(np.maximum(np.abs(ref_scores), scale), 1e-12)
     flat = ref_maps.reshape(len(ref_maps), -1)
     # relative to the map's range; a flat map (global detectors broadcast their score: flat to float32
     # rounding, ptp ≈ 2e-7 of the level) relative to its level, i.e. held to the tolerance like a score
