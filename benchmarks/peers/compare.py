@@ -109,8 +109,11 @@ def fit_anomalib(kind: str, split, work: Path):
     engine.fit(model=model, datamodule=datamodule)
     fit_s = time.perf_counter() - start
     model.eval()
-    ov_xml = model.to_openvino(work / "openvino", input_size=(300, 300))
-    onnx_file = model.to_onnx(work / "onnx", input_size=(300, 300))
+    # batch 1, static 300 × 300 (ELPV's size): anomalib's dynamo export otherwise fixes the batch at its
+    # example's 2; a static shape is, if anything, in OpenVINO's favour
+    static = {"dynamic_shapes": None}
+    ov_xml = model.to_openvino(work / "openvino", input_size=(300, 300), onnx_kwargs=static)
+    onnx_file = model.to_onnx(work / "onnx", input_size=(300, 300), **static)
     return fit_s, Path(ov_xml), Path(onnx_file)
 
 
@@ -193,8 +196,11 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
     paths, inspectors = anomedge_paths(ours.artifact, with_torch)
     theirs = anomalib_paths(ov_xml, onnx_file)
     paths = {**theirs, **paths}
-    test = list(split.test)[:limit] if limit else list(split.test)
-    labels = np.asarray(split.test_labels)[:len(test)]
+    pick = np.arange(len(split.test))
+    if limit:  # a seeded random subset, so both classes are in it
+        pick = np.sort(np.random.default_rng(seed).permutation(len(split.test))[:limit])
+    test = [split.test[i] for i in pick]
+    labels = np.asarray(split.test_labels)[pick]
     frames = [rgb(read_image(p)) for p in test]
     print(f"[{kind} {cell}] {len(frames)} test cells × {len(paths)} paths, round-robin …", flush=True)
     results = interleaved(paths, frames, warmup=5)
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
     parser.add_argument("--detectors", default="patchcore,padim")
     parser.add_argument("--cells", default="mono")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=None, help="test cells timed and scored (default: all)")
+    parser.add_argument("--limit", type=int, default=None, help="test cells timed and scored, a seeded random subset (default: all)")
     parser.add_argument("--train-limit", type=int, default=None, help="good training cells (default: all; a smoke test)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference path")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "peers" / "work")
