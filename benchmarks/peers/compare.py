@@ -23,6 +23,7 @@ It needs anomalib, so it runs only in that venv; nothing of anomalib is imported
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -121,7 +122,8 @@ def anomalib_paths(ov_xml: Path, onnx_file: Path) -> dict[str, Callable]:
     import onnxruntime as ort
     from anomalib.deploy import OpenVINOInferencer
 
-    inferencer = OpenVINOInferencer(path=ov_xml, device="CPU")
+    with contextlib.chdir(ov_xml.parent):  # its compiled-model cache goes to ./openvino_cache
+        inferencer = OpenVINOInferencer(path=ov_xml, device="CPU")
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
