@@ -142,7 +142,44 @@ def load_weights(module: torch.nn.Module, path: Path) -> torch.nn.Module:
     return module
 
 
-class ReconstructionDetector(Detector):
+class TrainedWeights:
+    """The artifact side of a detector whose graph carries trained weights: ``weights.safetensors`` (hashed)
+    and ``loss_curve.png`` (the training record). Subclasses set ``loss_title`` and return the tensors to
+    save from ``trained_state()``; ``history`` stays None until ``fit`` has trained."""
+
+    loss_title = "training loss"
+
+    def _require_fitted(self) -> None:
+        if self.history is None:
+            raise InputError(f"{self.name} is not trained: call fit() first")
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        self._require_fitted()
+        return {}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def write_files(self, out: Path) -> list[str]:
+        from safetensors.torch import save_file
+
+        self._require_fitted()
+        save_file(self.trained_state(), str(Path(out) / WEIGHTS), metadata={"detector": self.name})
+        return [WEIGHTS]
+
+    def write_training_record(self, out: Path) -> None:
+        from .training import save_loss_curve
+
+        self._require_fitted()
+        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: {self.loss_title}")
+
+
+def module_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A module's state dict as contiguous CPU tensors (what safetensors stores)."""
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+class ReconstructionDetector(TrainedWeights, Detector):
     """Base of the trained reconstruction detectors. Subclasses set ``name``, ``config_class`` and
     implement ``check_config``, ``architecture``, ``make_module`` and ``loss``. Their config dataclass
     carries the fields of ``TrainSettings`` plus image_size, channels, error_map, map_sigma, reduction."""
@@ -211,27 +248,8 @@ class ReconstructionDetector(Detector):
     def graph(self) -> torch.nn.Module:
         return self.module
 
-    def _require_fitted(self) -> None:
-        if self.history is None:
-            raise InputError(f"{self.name} is not trained: call fit() first")
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._require_fitted()
-        return {}
-
-    def write_files(self, out: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        self._require_fitted()
-        state = {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(Path(out) / WEIGHTS), metadata={"detector": self.name})
-        return [WEIGHTS]
-
-    def write_training_record(self, out: Path) -> None:
-        from .training import save_loss_curve
-
-        self._require_fitted()
-        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: training loss")
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return module_state(self.module)
 
     def model_block(self) -> dict[str, Any]:
         return {"architecture": self.architecture(), "weights": WEIGHTS}

@@ -38,7 +38,7 @@ from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
 from .features import extract
 from .patchcore import PatchFeatures
-from .reconstruction import LOSS_CURVE, REDUCTIONS, WEIGHTS, check_int, load_weights
+from .reconstruction import REDUCTIONS, WEIGHTS, TrainedWeights, check_int, load_weights, module_state
 from .training import History, TrainSettings, train
 
 
@@ -112,8 +112,9 @@ class SimpleNetConfig:
     seed: int = 0
 
 
-class SimpleNet(Detector):
+class SimpleNet(TrainedWeights, Detector):
     name = "simplenet"
+    loss_title = "truncated L1"
     output_names = ("error",)
     config_class = SimpleNetConfig
 
@@ -198,27 +199,8 @@ class SimpleNet(Detector):
     def graph(self) -> SimpleNetGraph:
         return SimpleNetGraph(self.features, self.head).eval()
 
-    def _require_fitted(self) -> None:
-        if self.history is None:
-            raise InputError(f"{self.name} is not trained: call fit() first")
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._require_fitted()
-        return {}
-
-    def write_files(self, out: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        self._require_fitted()
-        state = {k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}
-        save_file(state, str(Path(out) / WEIGHTS), metadata={"detector": self.name})
-        return [WEIGHTS]
-
-    def write_training_record(self, out: Path) -> None:
-        from .training import save_loss_curve
-
-        self._require_fitted()
-        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: truncated L1")
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return module_state(self.head)
 
     def model_block(self) -> dict[str, Any]:
         return {"backbone": self.spec.to_dict(), "aggregation": self.config.aggregation,

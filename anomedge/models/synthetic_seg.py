@@ -40,7 +40,7 @@ from .backbones import BackboneSpec, build_backbone
 from .coreset import greedy_coreset
 from .detector import Detector
 from .patchcore import PatchFeatures
-from .reconstruction import LOSS_CURVE, REDUCTIONS, WEIGHTS, load_weights
+from .reconstruction import REDUCTIONS, WEIGHTS, TrainedWeights, load_weights
 from .training import History
 
 LOSSES = ("focal_dice", "bce_dice")
@@ -173,7 +173,7 @@ def seg_loss(logits: torch.Tensor, masks: torch.Tensor, kind: str) -> torch.Tens
     return pixel + dice
 
 
-class SyntheticSeg(Detector):
+class SyntheticSeg(TrainedWeights, Detector):
     name = "synthetic_seg"
     output_names = ("error",)
     config_class = SyntheticSegConfig
@@ -332,21 +332,8 @@ class SyntheticSeg(Detector):
     def graph(self) -> SyntheticSegNet:
         return self._require_fitted()
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._require_fitted()
-        return {}
-
-    def write_files(self, out: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        save_file(self._require_fitted().state_to_save(), str(Path(out) / WEIGHTS), metadata={"detector": self.name})
-        return [WEIGHTS]
-
-    def write_training_record(self, out: Path) -> None:
-        from .training import save_loss_curve
-
-        self._require_fitted()
-        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: training loss")
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return self._require_fitted().state_to_save()
 
     def metadata_blocks(self) -> dict[str, Any]:
         net = self._require_fitted()

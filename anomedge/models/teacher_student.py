@@ -39,7 +39,7 @@ from ..artifact import InputSpec
 from ..errors import ArtifactError, InputError
 from .backbones import BackboneSpec, build_backbone
 from .detector import Detector
-from .reconstruction import LOSS_CURVE, REDUCTIONS, WEIGHTS, check_int, load_tensor
+from .reconstruction import REDUCTIONS, WEIGHTS, TrainedWeights, check_int, load_tensor
 from .training import History, TrainSettings, train
 
 MIN_VAL = 2
@@ -169,8 +169,9 @@ class TeacherStudentConfig:
     seed: int = 0
 
 
-class TeacherStudent(Detector):
+class TeacherStudent(TrainedWeights, Detector):
     name = "teacher_student"
+    loss_title = "hard-feature loss"
     output_names = ("error",)
     config_class = TeacherStudentConfig
 
@@ -323,32 +324,11 @@ class TeacherStudent(Detector):
         self.module.q_high.fill_(float(high))
 
     # --- export ------------------------------------------------------------------------------------
-    def _require_fitted(self) -> None:
-        if self.history is None:
-            raise InputError("teacher_student is not trained: call fit() first")
-
     def graph(self) -> TeacherStudentGraph:
         return self.module
 
-    def arrays(self) -> dict[str, np.ndarray]:
-        self._require_fitted()
-        return {}
-
     def trained_state(self) -> dict[str, torch.Tensor]:
         return trained_state(self.module)
-
-    def write_files(self, out: Path) -> list[str]:
-        from safetensors.torch import save_file
-
-        self._require_fitted()
-        save_file(self.trained_state(), str(Path(out) / WEIGHTS), metadata={"detector": self.name})
-        return [WEIGHTS]
-
-    def write_training_record(self, out: Path) -> None:
-        from .training import save_loss_curve
-
-        self._require_fitted()
-        save_loss_curve(self.history, Path(out) / LOSS_CURVE, title=f"{self.name}: hard-feature loss")
 
     def metadata_blocks(self) -> dict[str, Any]:
         self._require_fitted()
