@@ -52,7 +52,9 @@ ANOMEDGE_PARAMS = {"patchcore": {"coreset_fraction": 0.01}, "padim": {"n_channel
 
 
 def folder_mb(path: Path) -> float:
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file()) / 2**20
+    """MB that ship: the folder's files, less OpenVINO's compiled-model cache (written at first load)."""
+    return sum(p.stat().st_size for p in Path(path).rglob("*")
+               if p.is_file() and "openvino_cache" not in p.parts) / 2**20
 
 
 # ---------------------------------------------------------------- anomalib side (imported lazily)
@@ -118,12 +120,20 @@ def fit_anomalib(kind: str, split, work: Path):
     return fit_s, Path(ov_xml), Path(onnx_file)
 
 
-def anomalib_paths(ov_xml: Path, onnx_file: Path) -> dict[str, Callable]:
+def run_precision(compiled) -> str:
+    """The inference precision an OpenVINO compiled model really runs (its CPU plugin picks bf16 by itself
+    on CPUs with AVX512-BF16 / AMX unless told otherwise)."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return str(hint.to_string() if hasattr(hint, "to_string") else hint).lower()
+
+
+def anomalib_paths(ov_xml: Path, onnx_file: Path) -> tuple[dict[str, Callable], str]:
     import onnxruntime as ort
     from anomalib.deploy import OpenVINOInferencer
 
     with contextlib.chdir(ov_xml.parent):  # its compiled-model cache goes to ./openvino_cache
         inferencer = OpenVINOInferencer(path=ov_xml, device="CPU")
+    precision = run_precision(inferencer.model)
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
@@ -139,14 +149,23 @@ def anomalib_paths(ov_xml: Path, onnx_file: Path) -> dict[str, Callable]:
         values = dict(zip(outputs, session.run(None, {name: x})))
         return float(np.asarray(values["pred_score"]).reshape(-1)[0])
 
-    return {"anomalib OpenVINOInferencer": openvino, "anomalib ONNX on onnxruntime": onnx}
+    return {"anomalib OpenVINOInferencer": openvino, "anomalib ONNX on onnxruntime": onnx}, precision
 
 
 # ---------------------------------------------------------------- anomedge side
 
 def anomedge_paths(artifact, with_torch: bool) -> tuple[dict[str, Callable], list]:
+    """Our paths; OpenVINO bf16 too where this CPU runs bf16 (the precision anomalib's OpenVINO path gets
+    there by default), within ad-verify's bf16 tolerance."""
+    from anomedge.errors import BackendUnavailable
+
     inspectors = [("anomedge onnxruntime", Inspector(artifact, "onnxruntime", threads=THREADS)),
                   ("anomedge OpenVINO fp32", Inspector(artifact, "openvino", threads=THREADS))]
+    try:
+        inspectors.append(("anomedge OpenVINO bf16", Inspector(artifact, "openvino", threads=THREADS,
+                                                               precision="bf16")))
+    except BackendUnavailable as exc:
+        print(f"compare.py: no OpenVINO bf16 path on this CPU ({exc})", flush=True)
     if with_torch:
         inspectors.append(("anomedge PyTorch reference", Inspector(artifact, "torch", threads=THREADS)))
 
@@ -196,7 +215,8 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
     print(f"[{kind} {cell}] fitting anomalib (Engine + Folder) …", flush=True)
     their_fit_s, ov_xml, onnx_file = fit_anomalib(kind, split, work / "anomalib")
     paths, inspectors = anomedge_paths(ours.artifact, with_torch)
-    theirs = anomalib_paths(ov_xml, onnx_file)
+    theirs, their_precision = anomalib_paths(ov_xml, onnx_file)
+    print(f"[{kind} {cell}] anomalib's OpenVINO compiled model runs {their_precision}", flush=True)
     paths = {**theirs, **paths}
     pick = np.arange(len(split.test))
     if limit:  # a seeded random subset, so both classes are in it
@@ -219,16 +239,18 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
                      "p50_ms": float(np.percentile(r["ms"], 50)), "p99_ms": float(np.percentile(r["ms"], 99)),
                      "min_ms": float(r["ms"].min()), "paired_speedup_vs_anomalib_ov": float(np.median(base / r["ms"])),
                      "auroc": auroc(labels, r["scores"]), "artifact_mb": ours_mb if mine else sizes[name],
-                     "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames)})
+                     "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames),
+                     "precision": (name.rsplit(" ", 1)[-1] if name.endswith(("fp32", "bf16")) else
+                                   their_precision if name == "anomalib OpenVINOInferencer" else "fp32")})
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| detector | cells | path | p50 ms | p99 ms | min ms | speed-up vs anomalib OV (paired) | AUROC | "
-            "artifact MB | fit s |\n|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| detector | cells | path | runs in | p50 ms | p99 ms | min ms | speed-up vs anomalib OV (paired) | AUROC | "
+            "artifact MB | fit s |\n|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['detector']} | {r['cells']} | {r['path']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+        lines.append(f"| {r['detector']} | {r['cells']} | {r['path']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['min_ms']:.1f} | {r['paired_speedup_vs_anomalib_ov']:.2f}× | {r['auroc']:.4f} | "
                      f"{r['artifact_mb']:.1f} | {r['fit_s']:.1f} |")
     return "\n".join(lines)
@@ -259,7 +281,7 @@ def main(argv=None) -> int:
             if kind not in ANOMEDGE_PARAMS:
                 print(f"compare.py: detector '{kind}': expected one of {', '.join(ANOMEDGE_PARAMS)}", file=sys.stderr)
                 return 2
-            rows += run_detector(kind, cell, args.seed, args.work, args.limit, not args.no_torch, args.train_limit)
+            rows += run_detector(kind, cell, args.seed, args.work.resolve(), args.limit, not args.no_torch, args.train_limit)
     table = markdown(rows)
     print(f"\nCPU: {cpu}; batch 1, {THREADS} threads, strict round-robin per image\n{table}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
