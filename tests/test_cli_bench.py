@@ -51,5 +51,23 @@ def test_no_reference_skips_torch_and_refuses_a_gate(tiny_artifact, frames_dir, 
     assert "torch" not in result.stdout.split("\n", 2)[1] and "bench: torch" not in result.stderr
     assert "onnxruntime" in result.stdout and "agreement" not in result.stdout
     assert "blocked GFLOP/s" in result.stdout and "sgemm GFLOP/s" in result.stdout  # the kernel next to the machine
+    assert "fastest host kernel" in result.stdout and "same-shape sgemm GFLOP/s" in result.stdout
     refused = bench(*common, "--no-reference", "--atol", "1e-3")
     assert refused.returncode == 2 and "drop --no-reference" in refused.stderr
+
+
+def test_kernel_race_names_the_fastest_host_kernel_and_its_rate(tiny_artifact, elpv_paths):
+    """The reported winner is the minimum over the host kernels (faiss is the outside yardstick, never the
+    winner) and its GFLOP/s is 2·P·M·D over that kernel's own median time."""
+    from anomedge.benchmark import artifact_kernel_race
+    from anomedge.runtime.imageio import read_image
+
+    race = artifact_kernel_race(tiny_artifact, read_image(elpv_paths[21]), runs=3)
+    host = {k[:-3]: v for k, v in race.items() if k.endswith(" ms") and k != "faiss_flat ms"}
+    assert set(host) == {"fused numpy", "fused onnxruntime", "blocked", "pruned"}
+    assert race["fastest host kernel"] == min(host, key=host.get)
+    dim = tiny_artifact.array("bank.npy").shape[1]
+    flops = 2.0 * race["queries"] * race["bank rows"] * dim
+    assert race["its GFLOP/s"] == pytest.approx(flops / (min(host.values()) * 1e6), rel=1e-2, abs=0.1)
+    assert abs(race["fastest % of sgemm"] - 100 * race["its GFLOP/s"] / race["sgemm GFLOP/s"]) < 1.0
+    assert race["same-shape sgemm GFLOP/s"] > 0

@@ -153,8 +153,9 @@ def main(artifact, data, backends, device, placements, allow_fallback, runs, war
     click.echo(table(rows))
     race = artifact_kernel_race(loaded, frames[0])
     if race:
-        click.echo("\nkNN search, one frame, k=1 (median of 20): host kernels vs faiss IndexFlatL2; the blocked "
-                   "kernel's GFLOP/s next to this machine's float32 sgemm rate (2048³)")
+        click.echo("\nkNN search, one frame, k=1 (median of 20): host kernels vs faiss IndexFlatL2; the fastest "
+                   "host kernel's and the blocked kernel's GFLOP/s next to this machine's float32 sgemm rate "
+                   "(2048³, and the search's own (P,D)·(D,M) shape)")
         click.echo(format_table([race], list(race)))
     if json_path:
         with open(json_path, "w") as handle:
