@@ -127,7 +127,7 @@ def run_precision(compiled) -> str:
     return str(hint.to_string() if hasattr(hint, "to_string") else hint).lower()
 
 
-def anomalib_paths(ov_xml: Path, onnx_file: Path) -> tuple[dict[str, Callable], str]:
+def anomalib_paths(ov_xml: Path, onnx_file: Path) -> tuple[dict[str, Callable], dict[str, str]]:
     import onnxruntime as ort
     from anomalib.deploy import OpenVINOInferencer
 
@@ -149,30 +149,37 @@ def anomalib_paths(ov_xml: Path, onnx_file: Path) -> tuple[dict[str, Callable], 
         values = dict(zip(outputs, session.run(None, {name: x})))
         return float(np.asarray(values["pred_score"]).reshape(-1)[0])
 
-    return {"anomalib OpenVINOInferencer": openvino, "anomalib ONNX on onnxruntime": onnx}, precision
+    return ({"anomalib OpenVINOInferencer": openvino, "anomalib ONNX on onnxruntime": onnx},
+            {"anomalib OpenVINOInferencer": precision, "anomalib ONNX on onnxruntime": "fp32"})
 
 
 # ---------------------------------------------------------------- anomedge side
 
-def anomedge_paths(artifact, with_torch: bool) -> tuple[dict[str, Callable], list]:
-    """Our paths; OpenVINO bf16 too where this CPU runs bf16 (the precision anomalib's OpenVINO path gets
-    there by default), within ad-verify's bf16 tolerance."""
+def anomedge_paths(artifact, with_torch: bool) -> tuple[dict[str, Callable], list, dict[str, str]]:
+    """Our paths, their inspectors and the precision each runs; OpenVINO bf16 too where this CPU runs bf16
+    (the precision anomalib's OpenVINO path gets there by default), within ad-verify's bf16 tolerance."""
     from anomedge.errors import BackendUnavailable
 
-    inspectors = [("anomedge onnxruntime", Inspector(artifact, "onnxruntime", threads=THREADS)),
-                  ("anomedge OpenVINO fp32", Inspector(artifact, "openvino", threads=THREADS))]
-    try:
-        inspectors.append(("anomedge OpenVINO bf16", Inspector(artifact, "openvino", threads=THREADS,
-                                                               precision="bf16")))
-    except BackendUnavailable as exc:
-        print(f"compare.py: no OpenVINO bf16 path on this CPU ({exc})", flush=True)
+    specs = [("anomedge onnxruntime", "onnxruntime", "fp32"), ("anomedge OpenVINO fp32", "openvino", "fp32"),
+             ("anomedge OpenVINO bf16", "openvino", "bf16")]
     if with_torch:
-        inspectors.append(("anomedge PyTorch reference", Inspector(artifact, "torch", threads=THREADS)))
+        specs.append(("anomedge PyTorch reference", "torch", "fp32"))
+    inspectors, precisions = [], {}
+    for label, backend, precision in specs:
+        options = {} if precision == "fp32" else {"precision": precision}
+        try:
+            inspectors.append((label, Inspector(artifact, backend, threads=THREADS, **options)))
+        except BackendUnavailable as exc:
+            if not options:
+                raise
+            print(f"compare.py: no OpenVINO {precision} path on this CPU ({exc})", flush=True)
+            continue
+        precisions[label] = precision
 
     def path(insp):
         return lambda frame: float(insp.inspect([frame]).scores[0])
 
-    return {label: path(insp) for label, insp in inspectors}, [insp for _, insp in inspectors]
+    return {label: path(insp) for label, insp in inspectors}, [insp for _, insp in inspectors], precisions
 
 
 # ---------------------------------------------------------------- the run
@@ -214,10 +221,11 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
                           progress=False)
     print(f"[{kind} {cell}] fitting anomalib (Engine + Folder) …", flush=True)
     their_fit_s, ov_xml, onnx_file = fit_anomalib(kind, split, work / "anomalib")
-    paths, inspectors = anomedge_paths(ours.artifact, with_torch)
-    theirs, their_precision = anomalib_paths(ov_xml, onnx_file)
-    print(f"[{kind} {cell}] anomalib's OpenVINO compiled model runs {their_precision}", flush=True)
-    paths = {**theirs, **paths}
+    paths, inspectors, precisions = anomedge_paths(ours.artifact, with_torch)
+    theirs, their_precisions = anomalib_paths(ov_xml, onnx_file)
+    print(f"[{kind} {cell}] anomalib's OpenVINO compiled model runs {their_precisions['anomalib OpenVINOInferencer']}",
+          flush=True)
+    paths, precisions = {**theirs, **paths}, {**their_precisions, **precisions}
     pick = np.arange(len(split.test))
     if limit:  # a seeded random subset, so both classes are in it
         pick = np.sort(np.random.default_rng(seed).permutation(len(split.test))[:limit])
@@ -240,8 +248,7 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
                      "min_ms": float(r["ms"].min()), "paired_speedup_vs_anomalib_ov": float(np.median(base / r["ms"])),
                      "auroc": auroc(labels, r["scores"]), "artifact_mb": ours_mb if mine else sizes[name],
                      "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames),
-                     "precision": (name.rsplit(" ", 1)[-1] if name.endswith(("fp32", "bf16")) else
-                                   their_precision if name == "anomalib OpenVINOInferencer" else "fp32")})
+                     "precision": precisions[name]})
     return rows
 
 
