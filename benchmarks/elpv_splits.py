@@ -6,7 +6,9 @@ defective cell test), ``fit_and_export`` on the train cells (10 % held out for t
 threshold, seed s), every test image scored through the artifact on onnxruntime (host scoring,
 batch 8) → image AUROC. The ELPV test set is touched only here, once per row; nothing is chosen on it.
 Reported per row and cell: AUROC mean ± std (ddof 1) over the seeds, every split's value, fit time
-(mean), artifact size; then runtime p50 (onnxruntime, batch 1, 2 threads, ``--runs`` frames) of the
+(mean), artifact size; on the first split, synthetic defects drawn on the fit's own held-out good
+images (``synthetic_supervision.held_out_synthetic``: never trained on) → synthetic image AUROC, pixel
+AUROC and AUPRO; then runtime p50 (onnxruntime, batch 1, 2 threads, ``--runs`` frames) of the
 seed-0 mono artifacts, measured in ONE interleaved loop (row after row per frame) so that the ratios
 to PatchCore are fair on a shared machine. JSON after every fit (a long run keeps what it measured)
 and a markdown table at the end. Each row's ``model.onnx`` is exported once and reused for its other
@@ -29,14 +31,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from anomedge.artifact import Artifact  # noqa: E402
 from anomedge.calibrate.metrics import auroc  # noqa: E402
-from anomedge.datasets.elpv import load_elpv  # noqa: E402
-from anomedge.export.fit import fit_and_export  # noqa: E402
+from anomedge.datasets.elpv import elpv_root, load_elpv, read_labels  # noqa: E402
+from anomedge.export.fit import fit_and_export, split_holdout  # noqa: E402
 from anomedge.progress import steps  # noqa: E402
 from anomedge.runtime.pipeline import Inspector  # noqa: E402
 from anomedge.runtime.preprocess import read_image  # noqa: E402
+from synthetic_supervision import held_out_synthetic, synthetic_metrics  # noqa: E402
 
 TOP2 = {"name": "top_fraction_mean", "fraction": 0.02}
 # label → (detector, parameters, note)
@@ -46,6 +50,10 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     "padim 234 top2": ("padim", {"backbone": {"stages": [2, 3, 4]}, "reduction": TOP2}, "the ensemble's PaDiM member alone"),
     "ensemble": ("ensemble", {}, "PaDiM 2+3+4 top-2 % + PatchCore, one Lite0 pass, z-score fusion"),
     "ensemble robust": ("ensemble", {"normalisation": "robust"}, "as ensemble, median / MAD"),
+    "ensemble refit": ("ensemble", {"refit": True}, "as ensemble, members refitted on all good images"),
+    "patchcore pad0": ("patchcore", {"backbone": {"border_pad": 0}}, "as patchcore, no mirrored border"),
+    "ensemble refit pad0": ("ensemble", {"refit": True, "backbone": {"border_pad": 0}},
+                            "as ensemble refit, no mirrored border"),
 }
 
 
@@ -74,6 +82,24 @@ def score_test(artifact: Artifact, paths, batch: int = 8) -> np.ndarray:
     with Inspector(artifact, "onnxruntime", threads=2) as insp:
         return np.concatenate([insp.inspect([read_image(p) for p in paths[i:i + batch]]).scores
                                for i in range(0, len(paths), batch)])
+
+
+def auroc_by_rating(split, scores: np.ndarray) -> dict[str, float]:
+    """Image AUROC of the good test cells vs each expert rating of the defective ones (2/3, 1): how much
+    of the error sits on the cells the experts themselves were unsure of."""
+    rating = {path: prob for path, prob, _ in read_labels(elpv_root())}
+    probs = np.array([rating[p] for p in split.test])
+    good = split.test_labels == 0
+    return {f"{r:.2f}": auroc(np.r_[np.zeros(good.sum()), np.ones((probs == r).sum())],
+                              np.r_[scores[good], scores[probs == r]])
+            for r in sorted(set(probs[~good].tolist()))}
+
+
+def synthetic(artifact: Artifact, train, seed: int) -> dict[str, float]:
+    """Synthetic image AUROC / pixel AUROC / AUPRO on the held-out good images of ``fit_and_export``
+    (holdout 0.1, ``seed``), the same images with a drawn defect each."""
+    _, hold = split_holdout(list(train), 0.1, seed)
+    return synthetic_metrics(artifact, *held_out_synthetic(hold, artifact.metadata.input.height))
 
 
 def artifact_mb(artifact: Artifact) -> float:
@@ -114,8 +140,9 @@ def render(results: dict) -> str:
     summary = summarise(results)
     p50 = results.get("p50_ms", {})
     base = p50.get("patchcore")
-    lines = ["| row | mono AUROC | poly AUROC | fit s (mono / poly) | artifact MB | p50 ms | p50 / PatchCore | note |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| row | mono AUROC | poly AUROC | synthetic img AUROC / pixel AUROC / AUPRO (mono, first split) | "
+             "fit s (mono / poly) | artifact MB | p50 ms | p50 / PatchCore | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for label, cells in summary.items():
         def cell(c):
             s = cells.get(c)
@@ -124,9 +151,32 @@ def render(results: dict) -> str:
         size = cells.get("mono", next(iter(cells.values())))["size_mb"]
         ms = p50.get(label)
         ratio = f"{ms / base:.2f}×" if ms and base else "–"
-        lines.append(f"| {label} | {cell('mono')} | {cell('poly')} | {fit} | {size:.1f} | "
+        first = next(iter(results["rows"][label].get("mono", {}).values()), {})
+        syn = (" / ".join(f"{first[k]:.3f}" for k in ("syn_auroc", "syn_pixel_auroc", "syn_aupro"))
+               if "syn_aupro" in first else "–")
+        lines.append(f"| {label} | {cell('mono')} | {cell('poly')} | {syn} | {fit} | {size:.1f} | "
                      f"{'–' if ms is None else f'{ms:.1f}'} | {ratio} | {ROWS.get(label, ('', {}, ''))[2]} |")
     return "\n".join(lines)
+
+
+def synthetic_only(args) -> int:
+    """``--synthetic LABEL=ARTIFACT …``: synthetic metrics of saved first-split artifacts, merged into ``--json``."""
+    cell, seed = args.cells.split(",")[0], int(args.seeds.split(",")[0])
+    split = load_elpv(cell, seed=seed)
+    out_json = Path(args.json)
+    results = json.loads(out_json.read_text())
+    for label, path in (item.split("=", 1) for item in args.synthetic):
+        entry = results["rows"][label][cell][str(seed)]
+        artifact = Artifact.load(path)
+        entry.update(synthetic(artifact, split.train, seed))
+        entry["auroc_by_rating"] = auroc_by_rating(split, score_test(artifact, list(split.test)))
+        print(f"[{label} | {cell} | seed {seed}] synthetic {entry['syn_auroc']:.4f} / {entry['syn_pixel_auroc']:.4f} / "
+              f"{entry['syn_aupro']:.4f}", file=sys.stderr, flush=True)
+        out_json.write_text(json.dumps(results, indent=1))
+    table = render(results)
+    Path(args.md).write_text(table + "\n")
+    print(table)
+    return 0
 
 
 def latency_only(args) -> int:
@@ -158,7 +208,11 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", default="", help="keep the first split's artifacts in this folder (default: temporary)")
     ap.add_argument("--latency", nargs="+", metavar="LABEL=ARTIFACT",
                     help="only the interleaved p50 of these artifacts (first cell and seed's test frames), into --json")
+    ap.add_argument("--synthetic", nargs="+", metavar="LABEL=ARTIFACT",
+                    help="only the synthetic-defect metrics of these first-split artifacts, into --json")
     args = ap.parse_args(argv)
+    if args.synthetic:
+        return synthetic_only(args)
     if args.latency:
         return latency_only(args)
     rows = [r for r in args.rows.split(",") if r]
@@ -192,7 +246,9 @@ def main(argv=None) -> int:
                     scores = score_test(report.artifact, list(split.test))
                     entry = {"auroc": auroc(split.test_labels, scores), "fit_s": report.fit_seconds,
                              "size_mb": artifact_mb(report.artifact), "n_train": len(split.train),
-                             "n_test": len(split.test)}
+                             "n_test": len(split.test), "auroc_by_rating": auroc_by_rating(split, scores)}
+                    if seed == seeds[0]:
+                        entry.update(synthetic(report.artifact, split.train, seed))
                     results["rows"].setdefault(label, {}).setdefault(cell, {})[str(seed)] = entry
                     out_json.write_text(json.dumps(results, indent=1))
                     print(f"[{label} | {cell} | seed {seed}] {time.perf_counter() - start:.0f} s: "

@@ -60,7 +60,8 @@ def test_bad_members_spec_is_one_line_input_error(members, match):
 
 
 @pytest.mark.parametrize("params, match", [({"normalisation": "minmax"}, "normalisation"),
-                                           ({"norm_fraction": 1.0}, "norm_fraction")])
+                                           ({"norm_fraction": 1.0}, "norm_fraction"),
+                                           ({"refit": "yes"}, "refit")])
 def test_bad_options_are_input_errors(params, match):
     with pytest.raises(InputError, match=match):
         Ensemble(EnsembleConfig(image_size=64, **params), progress=False)
@@ -76,6 +77,23 @@ def fitted(tmp_path_factory, elpv_paths):
     art = write_detector(model, root / "ens", golden_images=elpv_paths[:4])
     alone = [write_detector(m, root / f"member{i}") for i, m in enumerate(model.members)]
     return model, art, alone
+
+
+def test_refit_keeps_the_held_out_constants_and_fits_members_on_all_images(elpv_paths):
+    """``refit``: norms = the plain fit's (measured out of sample); each member's arrays = that member
+    fitted alone on all the good images' features (PaDiM mean exactly, PatchCore bank rows from all)."""
+    plain = Ensemble(EnsembleConfig(image_size=64), progress=False)
+    feats = plain.features(elpv_paths[:12])
+    plain.fit_features(feats)
+    refit = Ensemble(EnsembleConfig(image_size=64, refit=True), progress=False).fit_features(feats)
+    assert refit.norms == plain.norms and (refit.n_fit, plain.n_fit) == (12, 10)
+    alone = Ensemble(EnsembleConfig(image_size=64), progress=False).members
+    for member, f in zip(alone, feats):
+        member.fit_features(np.ascontiguousarray(f))
+    for got, want in zip(refit.members, alone):
+        for name, array in want.arrays().items():
+            np.testing.assert_array_equal(got.arrays()[name], array, err_msg=name)
+    assert not np.array_equal(refit.members[0].arrays()["mean.npy"], plain.members[0].arrays()["mean.npy"])
 
 
 @pytest.mark.slow  # fits and exports three real artifacts (module fixture)

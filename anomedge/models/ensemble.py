@@ -8,7 +8,8 @@ Fit: one pass over the good images; a seeded ``norm_fraction`` (default 20 %) of
 each member fits on the rest (``fit_features``) and is then scored on the held-out images with the
 host heads (numpy, as the runtime) → per member the normalisation constants of its image score and
 of its anomaly map (all pixels), by ``normalisation`` (``zscore``: mean / std; ``robust``: median /
-1.4826·MAD). The fusion rule is ``scoring.ensemble.fuse``: mean over members of the normalised
+1.4826·MAD). With ``refit`` each member is then fitted again on all the good images (the constants stay
+those measured out of sample). The fusion rule is ``scoring.ensemble.fuse``: mean over members of the normalised
 image scores, and of the normalised maps at the input resolution.
 Metadata: ``scoring = {"kind": "ensemble", "rule": "mean", "normalisation", "members": [...]}``
 (see ``scoring.ensemble``); ``model.members`` holds each member's model block (its stages, channel
@@ -84,6 +85,9 @@ class EnsembleConfig:
     members: list = field(default_factory=lambda: copy.deepcopy(DEFAULT_MEMBERS))
     normalisation: str = "zscore"  # or "robust" (median / 1.4826·MAD)
     norm_fraction: float = 0.2  # of the good images given to fit, held out for the normalisation constants
+    # after the constants are measured, refit every member on ALL the good images (fit + held out), so the
+    # members see as many images as a single detector does; the constants stay the held-out ones
+    refit: bool = False
     batch_size: int = 16
     seed: int = 0
 
@@ -126,6 +130,8 @@ class Ensemble(Detector):
             raise InputError(f"normalisation '{cfg.normalisation}': expected one of {', '.join(NORMALISATIONS)}")
         if not isinstance(cfg.norm_fraction, (int, float)) or not 0 < cfg.norm_fraction < 1:
             raise InputError(f"norm_fraction {cfg.norm_fraction!r}: expected a value in (0, 1), e.g. 0.2")
+        if not isinstance(cfg.refit, bool):
+            raise InputError(f"refit {cfg.refit!r}: expected true or false")
         self.progress = progress
         specs = _member_specs(cfg)
         base = BackboneSpec.from_dict(cfg.backbone)
@@ -198,6 +204,10 @@ class Ensemble(Detector):
             what = f"ensemble member {i} ({member.name})"
             self.norms.append({"score": norm_constants(scores, self.config.normalisation, f"{what} image scores"),
                                "map": norm_constants(maps, self.config.normalisation, f"{what} maps")})
+            if self.config.refit:
+                member.fit_features(np.ascontiguousarray(f))
+        if self.config.refit:
+            self.n_fit = len(feats[0])
         return self
 
     def member_block(self, i: int) -> dict[str, Any]:
