@@ -175,18 +175,33 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20, graph=Non
     return result
 
 
+def knn_head(artifact) -> tuple[str, str, str, int] | None:
+    """The artifact's kNN head → (graph output it reads, bank file, kNN graph file, k): a PatchCore
+    artifact's own, or an ensemble's first kNN member's (its prefixed files); None without one."""
+    scoring = artifact.metadata.scoring
+    if scoring.get("kind") == "knn":
+        return "features", "bank.npy", "knn.onnx", int(scoring.get("k", 1))
+    for member in scoring.get("members", []) if scoring.get("kind") == "ensemble" else []:
+        if member["scoring"].get("kind") == "knn":
+            pre = member["prefix"]
+            return member["output"], f"{pre}bank.npy", f"{pre}knn.onnx", int(member["scoring"].get("k", 1))
+    return None
+
+
 def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[str, float] | None:
-    """For kNN artifacts: the kernels vs faiss on this artifact's bank with one frame's patches; the fastest
-    host kernel's and the blocked kernel's GFLOP/s (2·P·M·D / median time) next to the machine's sgemm rate
-    (``sgemm_rate``: 2048³, and a plain (P,D)·(D,M) sgemm of the search's own shape, the ceiling of any
-    GEMM-based kernel)."""
-    if artifact.metadata.scoring.get("kind") != "knn":
+    """For artifacts with a kNN head (``knn_head``): the kernels vs faiss on its bank with one frame's
+    patches; the fastest host kernel's and the blocked kernel's GFLOP/s (2·P·M·D / median time) next to
+    the machine's sgemm rate (``sgemm_rate``: 2048³, and a plain (P,D)·(D,M) sgemm of the search's own
+    shape, the ceiling of any GEMM-based kernel). None for artifacts without a kNN head."""
+    head = knn_head(artifact)
+    if head is None:
         return None
+    output, bank_file, graph_file, k = head
     with Inspector(artifact, "onnxruntime", placement="host") as inspector:
-        feats = inspector.stages.infer(inspector.stages.preprocess([frame]))["features"]
+        feats = inspector.stages.infer(inspector.stages.preprocess([frame]))[output]
     queries = np.ascontiguousarray(feats.transpose(0, 2, 3, 1).reshape(-1, feats.shape[1]))
-    bank = artifact.array("bank.npy")
-    shipped = artifact.path("knn.onnx") if artifact.has("knn.onnx") and artifact.metadata.scoring.get("k", 1) == 1 else None
+    bank = artifact.array(bank_file)
+    shipped = artifact.path(graph_file) if artifact.has(graph_file) and k == 1 else None
     ms = kernel_race(bank, queries, runs, shipped)
     flops = 2.0 * len(queries) * bank.shape[0] * bank.shape[1]
     rate = {k: flops / (v * 1e6) for k, v in ms.items() if k != "faiss_flat"}  # host kernels' GFLOP/s

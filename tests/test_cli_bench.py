@@ -71,3 +71,19 @@ def test_kernel_race_names_the_fastest_host_kernel_and_its_rate(tiny_artifact, e
     assert race["its GFLOP/s"] == pytest.approx(flops / (min(host.values()) * 1e6), rel=1e-2, abs=0.1)
     assert abs(race["fastest % of sgemm"] - 100 * race["its GFLOP/s"] / race["sgemm GFLOP/s"]) < 1.0
     assert race["same-shape sgemm GFLOP/s"] > 0
+
+
+def test_knn_head_finds_patchcore_and_an_ensembles_knn_member(tiny_artifact):
+    """The race's target: PatchCore's own bank, an ensemble's first kNN member's prefixed files, else None."""
+    from types import SimpleNamespace
+
+    from anomedge.benchmark import knn_head
+
+    assert knn_head(tiny_artifact) == ("features", "bank.npy", "knn.onnx", 1)
+    members = [{"prefix": "m0_", "output": "m0_features", "scoring": {"kind": "mahalanobis"}},
+               {"prefix": "m1_", "output": "m1_features", "scoring": {"kind": "knn", "k": 3}}]
+    ensemble = SimpleNamespace(metadata=SimpleNamespace(scoring={"kind": "ensemble", "members": members}))
+    assert knn_head(ensemble) == ("m1_features", "m1_bank.npy", "m1_knn.onnx", 3)
+    padim_only = SimpleNamespace(metadata=SimpleNamespace(scoring={"kind": "ensemble", "members": members[:1]}))
+    assert knn_head(padim_only) is None
+    assert knn_head(SimpleNamespace(metadata=SimpleNamespace(scoring={"kind": "mahalanobis"}))) is None
