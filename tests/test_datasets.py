@@ -55,6 +55,16 @@ def test_split_checks_lengths_and_summarises():
         Split("x", (), (Path("b.png"),), np.array([1]), test_masks=(None, None))
 
 
+def test_split_subset_keeps_both_classes_in_order():
+    test = tuple(Path(f"t{i}.png") for i in range(7))
+    split = Split("x", tuple(Path(f"a{i}.png") for i in range(5)), test, np.array([0, 0, 0, 1, 1, 1, 1]),
+                  defect_types=("good",) * 3 + ("crack",) * 4)
+    small = split.subset(4)
+    assert small.train == split.train[:4]
+    assert small.test == (test[0], test[1], test[3], test[4]) and small.test_labels.tolist() == [0, 0, 1, 1]
+    assert small.defect_types == ("good", "good", "crack", "crack") and small.test_masks is None
+
+
 # ---- ELPV -------------------------------------------------------------------------------------------------
 
 def csv_probabilities() -> dict[Path, tuple[float, str]]:

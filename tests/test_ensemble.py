@@ -82,10 +82,10 @@ def fitted(tmp_path_factory, elpv_paths):
 def test_refit_keeps_the_held_out_constants_and_fits_members_on_all_images(elpv_paths):
     """``refit``: norms = the plain fit's (measured out of sample); each member's arrays = that member
     fitted alone on all the good images' features (PaDiM mean exactly, PatchCore bank rows from all)."""
-    plain = Ensemble(EnsembleConfig(image_size=64), progress=False)
+    plain = Ensemble(EnsembleConfig(image_size=64, refit=False), progress=False)
     feats = plain.features(elpv_paths[:12])
     plain.fit_features(feats)
-    refit = Ensemble(EnsembleConfig(image_size=64, refit=True), progress=False).fit_features(feats)
+    refit = Ensemble(EnsembleConfig(image_size=64), progress=False).fit_features(feats)  # the default
     assert refit.norms == plain.norms and (refit.n_fit, plain.n_fit) == (12, 10)
     alone = Ensemble(EnsembleConfig(image_size=64), progress=False).members
     for member, f in zip(alone, feats):

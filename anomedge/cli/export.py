@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import InputError
-from ..models.detector import DETECTORS
+from ..models.detector import DEFAULT_DETECTOR, DETECTORS
 from ..runtime.precisions import ALL_PRECISIONS
 from .common import one_line_errors, parse_params
 
@@ -14,12 +14,13 @@ from .common import one_line_errors, parse_params
 _IN_GRAPH = "already scores inside its graph (its anomaly map is the output)"
 NO_GRAPH_PLACEMENT = {**{name: _IN_GRAPH for name in ("autoencoder", "mae", "simplenet", "teacher_student",
                                                       "synthetic_seg")},
-                      "ensemble": "scores its members on the host (no graph placement for ensembles yet)"}
+                      "ensemble": "scores its members on the host (no graph placement for ensembles yet; "
+                                  "--detector patchcore or padim has one)"}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("data")
-@click.option("--detector", default="patchcore", show_default=True, help=" | ".join(DETECTORS) + ".")
+@click.option("--detector", default=DEFAULT_DETECTOR, show_default=True, help=" | ".join(DETECTORS) + ".")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Artifact folder to write.")
 @click.option("--backbone", default=None, help="timm model name (default: the detector's, tf_efficientnet_lite0).")
 @click.option("--stages", default=None, help="Backbone stages, e.g. 2,4.")

@@ -33,6 +33,15 @@ class Split:
             if value is not None and len(value) != len(self.test):
                 raise InputError(f"split '{self.name}': {field} has {len(value)} entries, expected {len(self.test)}")
 
+    def subset(self, n: int) -> "Split":
+        """The first ``n`` training images and at most ``n`` test images: the first half of the good ones
+        and the first half of the anomalous ones (both classes kept, order kept)."""
+        labels = self.test_labels
+        keep = np.sort(np.r_[np.flatnonzero(labels == 0)[:n // 2], np.flatnonzero(labels == 1)[:n - n // 2]])
+        pick = lambda values: None if values is None else tuple(values[i] for i in keep)  # noqa: E731
+        return Split(self.name, self.train[:n], tuple(self.test[i] for i in keep), labels[keep],
+                     pick(self.test_masks), pick(self.defect_types))
+
     def summary(self) -> str:
         n_bad = int(np.sum(self.test_labels))
         masks = sum(m is not None for m in self.test_masks) if self.test_masks else 0

@@ -83,6 +83,11 @@ DETECTORS: dict[str, str] = {
 }
 
 
+DEFAULT_DETECTOR = "ensemble"
+"""``ad-export`` / ``ad-demo`` without ``--detector``: the best ELPV row of the 5-split protocol within
+the edge budget (p50 ≤ 2× PatchCore's, artifact ≤ 50 MB; docs/ensemble.md)."""
+
+
 def get_detector(name: str) -> type[Detector]:
     if name not in DETECTORS:
         raise InputError(f"unknown detector '{name}'; choose one of: {', '.join(DETECTORS)}")
