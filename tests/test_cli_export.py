@@ -16,9 +16,12 @@ def export(*args, env=None):
 
 
 @pytest.mark.parametrize("args, message", [
-    (("--param", "coreset_fraction=abc"), "patchcore: --param coreset_fraction='abc': expected a number (default 0.01)"),
-    (("--param", "k=1.5"), "patchcore: --param k=1.5: expected a whole number (default 1)"),
-    (("--param", "coreset_fraction=2"), "coreset fraction 2: expected a value in (0, 1]"),
+    (("--detector", "patchcore", "--param", "coreset_fraction=abc"),
+     "patchcore: --param coreset_fraction='abc': expected a number (default 0.01)"),
+    (("--detector", "patchcore", "--param", "k=1.5"), "patchcore: --param k=1.5: expected a whole number (default 1)"),
+    (("--detector", "patchcore", "--param", "coreset_fraction=2"), "coreset fraction 2: expected a value in (0, 1]"),
+    (("--param", "refit=maybe"), "ensemble: --param refit='maybe': expected true or false (default true)"),  # the default detector (ensemble)
+    (("--placement", "graph"), "ensemble scores its members on the host"),
     (("--detector", "patchcor"), "unknown detector 'patchcor'; choose one of: patchcore"),
     (("--detector", "simplenet", "--placement", "graph"), "simplenet already scores inside its graph"),
     (("--detector", "ensemble", "--placement", "graph"), "ensemble scores its members on the host"),

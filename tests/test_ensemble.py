@@ -140,6 +140,7 @@ def test_metadata_lists_members_hashed_and_bad_members_block_is_refused(fitted):
     meta = art.metadata
     assert meta.scoring["kind"] == "ensemble" and [m["detector"] for m in meta.scoring["members"]] == ["padim", "patchcore"]
     assert {"m0_mean.npy", "m0_factor.npy", "m1_bank.npy", "m1_knn.onnx", "model.onnx"} <= set(meta.files)
+    assert "m0_stats.npy" not in meta.files  # no ad-update for ensembles: PaDiM's update statistics stay home
     assert all(m["norm"]["score"]["scale"] > 0 and m["norm"]["map"]["scale"] > 0 for m in meta.scoring["members"])
     raw = json.loads((art.root / "metadata.json").read_text())
     raw["scoring"]["members"][1]["norm"]["score"]["scale"] = 0.0

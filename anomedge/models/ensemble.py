@@ -48,6 +48,9 @@ MEMBER_GRAPHS: dict[str, Callable[[dict[str, Any]], torch.nn.Module]] = {
     "patchcore": lambda block: PatchFeatures(None, block["aggregation"]),
 }
 SHARED = ("image_size", "batch_size")  # set by the ensemble for every member
+# member detector → parameters it gets unless the member sets them: ad-update does not apply to an
+# ensemble, so PaDiM's float64 update statistics (8 MB at 14×14) are not shipped
+MEMBER_DEFAULTS: dict[str, dict[str, Any]] = {"padim": {"update_stats": False}}
 
 
 class EnsembleGraph(torch.nn.Module):
@@ -140,7 +143,8 @@ class Ensemble(Detector):
         for i, (name, params) in enumerate(specs):
             stages = params.get("backbone", {}).get("stages", list(base.stages))
             member_bb = {**base.to_dict(), "stages": list(stages)}
-            full = {**params, "backbone": member_bb, "image_size": cfg.image_size, "batch_size": cfg.batch_size}
+            full = {**MEMBER_DEFAULTS.get(name, {}), **params, "backbone": member_bb, "image_size": cfg.image_size,
+                    "batch_size": cfg.batch_size}
             try:
                 self.members.append(get_detector(name).from_params(full, progress=progress))
             except InputError as exc:
