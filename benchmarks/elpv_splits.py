@@ -51,6 +51,7 @@ ROWS: dict[str, tuple[str, dict, str]] = {
     "ensemble": ("ensemble", {"refit": False}, "PaDiM 2+3+4 top-2 % + PatchCore, one Lite0 pass, z-score fusion"),
     "ensemble robust": ("ensemble", {"normalisation": "robust", "refit": False}, "as ensemble, median / MAD"),
     "ensemble refit": ("ensemble", {"refit": True}, "as ensemble, members refitted on all good images (the default)"),
+    "teacher_student": ("teacher_student", {}, "defaults: EfficientAD-style student of Lite0 2+4"),
     "patchcore pad0": ("patchcore", {"backbone": {"border_pad": 0}}, "as patchcore, no mirrored border"),
     "ensemble refit pad0": ("ensemble", {"refit": True, "backbone": {"border_pad": 0}},
                             "as ensemble refit, no mirrored border"),
