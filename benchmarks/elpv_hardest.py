@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from anomedge.artifact import Artifact  # noqa: E402
-from anomedge.datasets.elpv import elpv_root, load_elpv, read_labels  # noqa: E402
-from elpv_splits import score_test  # noqa: E402
+from anomedge.datasets.elpv import load_elpv  # noqa: E402
+from elpv_splits import ratings, score_test  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -40,9 +40,8 @@ def main(argv=None) -> int:
 
     split = load_elpv(args.cell, seed=args.seed)
     scores = score_test(Artifact.load(args.artifact), list(split.test))
-    rating = {path: prob for path, prob, _ in read_labels(elpv_root())}
     good = np.flatnonzero(split.test_labels == 0)
-    certain = np.flatnonzero(np.array([rating[p] for p in split.test]) == 1.0)
+    certain = np.flatnonzero(np.array([ratings()[p] for p in split.test]) == 1.0)
     q95 = float(np.quantile(scores[good], 0.95))
     below = int((scores[certain] < q95).sum())
     print(f"{args.cell} seed {args.seed}: {below} of {len(certain)} cells rated 1.0 score below the q0.95 of the "

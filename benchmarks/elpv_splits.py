@@ -20,6 +20,7 @@ splits (``OnnxCache``: the graph does not depend on the data).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -85,11 +86,16 @@ def score_test(artifact: Artifact, paths, batch: int = 8) -> np.ndarray:
                                for i in range(0, len(paths), batch)])
 
 
+@functools.cache
+def ratings() -> dict[Path, float]:
+    """Every ELPV cell's expert defect probability (labels.csv, read once per process)."""
+    return {path: prob for path, prob, _ in read_labels(elpv_root())}
+
+
 def auroc_by_rating(split, scores: np.ndarray) -> dict[str, float]:
     """Image AUROC of the good test cells vs each expert rating of the defective ones (2/3, 1): how much
     of the error sits on the cells the experts themselves were unsure of."""
-    rating = {path: prob for path, prob, _ in read_labels(elpv_root())}
-    probs = np.array([rating[p] for p in split.test])
+    probs = np.array([ratings()[p] for p in split.test])
     good = split.test_labels == 0
     return {f"{r:.2f}": auroc(np.r_[np.zeros(good.sum()), np.ones((probs == r).sum())],
                               np.r_[scores[good], scores[probs == r]])

@@ -201,7 +201,8 @@ class Ensemble(Detector):
     def fit_features(self, feats: Sequence[np.ndarray]) -> "Ensemble":
         """Fit on the graph's outputs for the good images (one array per member)."""
         fit_idx, norm_idx = self.split(len(feats[0]))
-        self.n_fit, self.n_norm = len(fit_idx), len(norm_idx)
+        # the members' final fit: on all the good images with refit, else on the fit part
+        self.n_fit, self.n_norm = len(feats[0]) if self.config.refit else len(fit_idx), len(norm_idx)
         self.norms = []
         for i, (member, f) in enumerate(zip(self.members, feats)):
             member.fit_features(np.ascontiguousarray(f[fit_idx]))
@@ -211,8 +212,6 @@ class Ensemble(Detector):
                                "map": norm_constants(maps, self.config.normalisation, f"{what} maps")})
             if self.config.refit:
                 member.fit_features(np.ascontiguousarray(f))
-        if self.config.refit:
-            self.n_fit = len(feats[0])
         return self
 
     def member_block(self, i: int) -> dict[str, Any]:
