@@ -21,10 +21,9 @@ def export(*args, env=None):
     (("--detector", "patchcore", "--param", "k=1.5"), "patchcore: --param k=1.5: expected a whole number (default 1)"),
     (("--detector", "patchcore", "--param", "coreset_fraction=2"), "coreset fraction 2: expected a value in (0, 1]"),
     (("--param", "refit=maybe"), "ensemble: --param refit='maybe': expected true or false (default true)"),  # the default detector (ensemble)
-    (("--placement", "graph"), "ensemble scores its members on the host"),
     (("--detector", "patchcor"), "unknown detector 'patchcor'; choose one of: patchcore"),
     (("--detector", "simplenet", "--placement", "graph"), "simplenet already scores inside its graph"),
-    (("--detector", "ensemble", "--placement", "graph"), "ensemble scores its members on the host"),
+    (("--detector", "teacher_student", "--placement", "graph"), "teacher_student already scores inside its graph"),
 ])
 def test_bad_parameters_fail_in_one_line_before_the_data_is_read(tmp_path, args, message):
     # the data argument does not exist: a parameter error must come first

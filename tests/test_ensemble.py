@@ -135,6 +135,35 @@ def test_runtime_matches_torch_reference_and_ad_verify_passes(fitted, elpv_paths
 
 
 @pytest.mark.slow
+def test_graph_placement_matches_the_host_head_and_passes_ad_verify(fitted, elpv_paths, tmp_path):
+    """model.graph.onnx = backbone + every member's head; the fusion stays on the host. Scores within
+    1e-5 relative + 1e-5 absolute (z-units) of placement host with the numpy kernel; maps 1e-5 of their range."""
+    import shutil
+
+    from anomedge.export.writer import add_graph_placement
+    from anomedge.runtime.pipeline import Inspector
+    from anomedge.runtime.verify import verify_inspector
+
+    _, art, _ = fitted
+    root = tmp_path / "ens"
+    shutil.copytree(art.root, root)
+    import onnx
+
+    outputs = [o.name for o in onnx.load(str(add_graph_placement(root))).graph.output]
+    assert outputs == ["m0_patch_scores", "m1_patch_scores"]
+    graph_art = Artifact.load(root)  # the new file is hashed and verified
+    frames = [read_image(p) for p in elpv_paths[24:32]]
+    with Inspector(graph_art, "onnxruntime", knn_kernel="numpy") as insp:
+        host = insp.inspect(frames)
+    with Inspector(graph_art, "onnxruntime", placement="graph") as insp:
+        graph = insp.inspect(frames)
+        result = verify_inspector(insp)
+    np.testing.assert_allclose(graph.scores, host.scores, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(graph.maps, host.maps, rtol=0, atol=1e-5 * float(np.ptp(host.maps)))
+    assert np.ptp(host.scores) > 0.1
+    assert result.status == "pass" and result.placement == "graph", result
+
+@pytest.mark.slow
 def test_metadata_lists_members_hashed_and_bad_members_block_is_refused(fitted):
     _, art, _ = fitted
     meta = art.metadata

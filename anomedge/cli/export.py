@@ -12,10 +12,8 @@ from .common import one_line_errors, parse_params
 
 # detectors --placement graph does not apply to, and why
 _IN_GRAPH = "already scores inside its graph (its anomaly map is the output)"
-NO_GRAPH_PLACEMENT = {**{name: _IN_GRAPH for name in ("autoencoder", "mae", "simplenet", "teacher_student",
-                                                      "synthetic_seg")},
-                      "ensemble": "scores its members on the host (no graph placement for ensembles yet; "
-                                  "--detector patchcore or padim has one)"}
+NO_GRAPH_PLACEMENT = {name: _IN_GRAPH for name in ("autoencoder", "mae", "simplenet", "teacher_student",
+                                                    "synthetic_seg")}
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,7 +32,7 @@ NO_GRAPH_PLACEMENT = {**{name: _IN_GRAPH for name in ("autoencoder", "mae", "sim
 @click.option("--precision", type=click.Choice(ALL_PRECISIONS), default="fp32", show_default=True,
               help="Precision of the extra formats (int8 calibrates on the training images).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default="host", show_default=True,
-              help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis + map in one graph) and use it by default.")
+              help="graph: also write model.graph.onnx (backbone + kNN/Mahalanobis scoring in one graph; an ensemble's members fused on the host) and use it by default.")
 @click.option("--tile", type=int, default=None,
               help="Tiled inspection: fit on (and inspect) square tiles of this many frame pixels (docs/tiling.md).")
 @click.option("--overlap", type=int, default=32, show_default=True, help="--tile: overlap of neighbouring tiles in pixels.")
@@ -78,7 +76,7 @@ def main(data, detector, out, backbone, stages, weights, image_size, params, hol
         values["image_size"] = image_size
     if placement == "graph" and detector in NO_GRAPH_PLACEMENT:
         raise InputError(f"--placement graph: {detector} {NO_GRAPH_PLACEMENT[detector]}; it applies to the "
-                         "kNN / Mahalanobis detectors — drop it")
+                         "kNN / Mahalanobis detectors and their ensemble — drop it")
     rows = parse_formats(formats)
     fmt_options = {row.name: {"precision": precision,
                               **({"calib": []} if row.name in ("onnx", "engine") and precision == "int8" else {}),

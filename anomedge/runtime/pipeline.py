@@ -30,7 +30,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, InputError
-from ..scoring.heads import PassThroughHead, make_head
+from ..scoring.heads import make_graph_head, make_head
 from ..scoring.mask import IgnoreMask, load_ignore_mask, masked_postprocess
 from ..scoring.postprocess import anomaly_maps, image_scores
 from .backends.base import Backend, Stages
@@ -78,7 +78,7 @@ def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel
     ``knn_kernel`` if given, else the winner of the race on this machine (``runtime.kernel_race``)."""
     meta = artifact.metadata
     if placement == "graph":
-        head = PassThroughHead()
+        head = make_graph_head(artifact)
     else:
         if knn_kernel is None and meta.scoring.get("kind") == "knn":
             from .kernel_race import choose_kernel

@@ -13,6 +13,10 @@ scores) and anomaly map Mᵢ (its own upsample + blur to the input size H×W):
 ``normalisation`` names how loc / scale were measured (``NORMALISATIONS``): ``zscore`` — mean and
 standard deviation (ddof 1); ``robust`` — median and 1.4826·MAD. Under an ignore mask each member
 reduces and maps under the mask (``scoring.mask.masked_postprocess``) before the fusion.
+
+Placement ``graph`` (``scoring.graph.build_ensemble_head``): ``model.graph.onnx`` outputs each member's
+patch scores as ``scores_output(member)`` (``m0_patch_scores`` …); ``EnsembleGraphHead`` passes them
+through and fuses them here, as the host head does.
 """
 
 from __future__ import annotations
@@ -110,16 +114,46 @@ def fuse(scores: list[np.ndarray], maps: list[np.ndarray], members: list[dict[st
     return score.astype(np.float32), fused
 
 
-class EnsembleHead:
+def scores_output(member: dict[str, Any]) -> str:
+    """The graph output holding ``member``'s (N,h,w) patch scores under placement graph: ``m0_patch_scores``."""
+    return f"{member['prefix']}patch_scores"
+
+
+class _Fusion:
+    """What both ensemble heads share: ``members``, ``size`` (H,W) and ``postprocess``."""
+
+    def __init__(self, artifact):
+        self.members = list(artifact.metadata.scoring["members"])
+        self.size = (artifact.metadata.input.height, artifact.metadata.input.width)
+
+    def postprocess(self, patch_scores: tuple[np.ndarray, ...], mask: IgnoreMask | None = None):
+        parts = [member_postprocess(p, m, self.size, mask) for p, m in zip(patch_scores, self.members)]
+        return fuse([s for s, _ in parts], [mp for _, mp in parts], self.members)
+
+
+class EnsembleGraphHead(_Fusion):
+    """Placement graph: ``__call__(outputs)`` → the members' patch scores the graph computed (a tuple of
+    (N,hᵢ,wᵢ)); ``postprocess`` fuses them."""
+
+    kernel = None
+
+    def __call__(self, outputs: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+        names = [scores_output(m) for m in self.members]
+        missing = [n for n in names if n not in outputs]
+        if missing:
+            raise ArtifactError(f"graph outputs {sorted(outputs)}: expected {', '.join(missing)}; run model.graph.onnx "
+                                "(placement graph) or use placement host")
+        return tuple(outputs[n] for n in names)
+
+
+class EnsembleHead(_Fusion):
     """``__call__(outputs)`` → a tuple of member patch scores ((N,hᵢ,wᵢ) each); ``postprocess(that, mask)``
     → (scores (N,), maps (N,H,W)) by ``fuse``. ``kernel`` overrides the kNN kernel of kNN members."""
 
     def __init__(self, artifact, kernel: str | None = None, heads: dict | None = None):
         from .heads import HEADS
 
-        meta = artifact.metadata
-        self.members = list(meta.scoring["members"])
-        self.size = (meta.input.height, meta.input.width)
+        super().__init__(artifact)
         table = heads or HEADS
         self.heads = [table[m["scoring"]["kind"]](MemberArtifact.of(artifact, m),
                                                   kernel if m["scoring"]["kind"] == "knn" else None)
@@ -132,7 +166,3 @@ class EnsembleHead:
         if missing:
             raise ArtifactError(f"graph outputs {sorted(outputs)}: expected {', '.join(missing)}; re-export the artifact")
         return tuple(head({"features": outputs[m["output"]]}) for head, m in zip(self.heads, self.members))
-
-    def postprocess(self, patch_scores: tuple[np.ndarray, ...], mask: IgnoreMask | None = None):
-        parts = [member_postprocess(p, m, self.size, mask) for p, m in zip(patch_scores, self.members)]
-        return fuse([s for s, _ in parts], [mp for _, mp in parts], self.members)

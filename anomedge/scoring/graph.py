@@ -18,8 +18,9 @@ under ``max_elements`` (< 2³¹) at the largest batch ``max_batch``.
 Mahalanobis: ``‖Lᵀ(x − μ)‖`` per position as one batched MatMul over positions (P,N,C)@(P,C,C),
 split over positions so that no factor chunk exceeds ``max_elements``.
 
-``build_head(artifact)`` builds from an artifact's arrays and metadata; ``merge_with_backbone``
-joins it to ``model.onnx`` with onnx.compose (one graph, no host round-trip). Writing these files
+``build_head(artifact)`` builds from an artifact's arrays and metadata (an ensemble: every member's head,
+``build_ensemble_head``); ``merge_with_backbone`` joins it to ``model.onnx`` with onnx.compose (one graph,
+no host round-trip). Writing these files
 into an artifact is ``export.writer``'s job.
 """
 
@@ -30,6 +31,7 @@ from onnx import TensorProto, compose, helper, numpy_helper
 
 from ..artifact import Artifact
 from ..errors import ArtifactError, InputError
+from .ensemble import MemberArtifact, scores_output
 from .postprocess import gaussian_taps
 
 OPSET = 18
@@ -50,14 +52,16 @@ def chunk_width(bank_rows: int, patches_per_image: int, max_batch: int, max_elem
 
 
 class _Graph:
-    """A tiny builder: named nodes and initializers under ``PREFIX``."""
+    """A tiny builder: named nodes and initializers under ``prefix`` (one per ensemble member, so
+    member heads joined into one graph cannot collide)."""
 
-    def __init__(self):
+    def __init__(self, prefix: str = PREFIX):
+        self.prefix = prefix
         self.nodes, self.inits, self.names, self.count = [], [], set(), 0
 
     def const(self, name: str, array: np.ndarray) -> str:
-        """An initializer named ``PREFIX + name``; a name already defined is reused (same value by construction)."""
-        full = PREFIX + name
+        """An initializer named ``prefix + name``; a name already defined is reused (same value by construction)."""
+        full = self.prefix + name
         if full not in self.names:
             self.names.add(full)
             self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), full))
@@ -65,8 +69,8 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attrs) -> list[str]:
         self.count += 1
-        names = outputs if isinstance(outputs, list) else [f"{PREFIX}{op_type}_{self.count}_{i}" for i in range(outputs)]
-        self.nodes.append(helper.make_node(op_type, inputs, names, name=f"{PREFIX}{op_type}_{self.count}", **attrs))
+        names = outputs if isinstance(outputs, list) else [f"{self.prefix}{op_type}_{self.count}_{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=f"{self.prefix}{op_type}_{self.count}", **attrs))
         return names
 
     def one(self, op_type: str, inputs: list[str], **attrs) -> str:
@@ -158,16 +162,11 @@ def _anomaly_map(g: _Graph, scores: str, h: int, w: int, size: tuple[int, int], 
     return g.one("Reshape", [x, g.const("nhw_map", np.array([-1, height, width], np.int64))], )
 
 
-def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: dict[str, np.ndarray], *,
-                       k: int = 1, image_size: tuple[int, int] | None = None, sigma: float = 0.0,
-                       chunk_rows: int | None = None, max_batch: int = 256, max_elements: int = MAX_ELEMENTS,
-                       refine: bool = True, features_name: str = "features"):
-    """ONNX model: ``features`` (N,D,h,w) → ``patch_scores`` (N,h,w) [+ ``anomaly_map`` (N,H,W) if image_size].
-
-    kind 'knn' needs arrays['bank.npy'] (M,D); 'mahalanobis' needs 'mean.npy' (h·w,C), 'factor.npy' (h·w,C,C).
-    """
+def _patch_scores(g: _Graph, kind: str, feature_shape: tuple[int, int, int], arrays: dict[str, np.ndarray], *,
+                  k: int, chunk_rows: int | None, max_batch: int, max_elements: int, refine: bool,
+                  features_name: str, scores_name: str) -> None:
+    """``features_name`` (N,D,h,w) → ``scores_name`` (N,h,w), the nodes added to ``g``."""
     d, h, w = feature_shape
-    g = _Graph()
     if kind == "knn":
         bank = arrays["bank.npy"]
         if bank.ndim != 2 or bank.shape[1] != d or len(bank) < k:
@@ -182,7 +181,21 @@ def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: d
         flat = _mahalanobis(g, features_name, arrays["mean.npy"], arrays["factor.npy"], h * w, d, max_elements)
     else:
         raise ArtifactError(f"scoring kind '{kind}' has no graph head (knn and mahalanobis do); use placement host")
-    g.op("Reshape", [flat, g.const("nhw", np.array([-1, h, w], np.int64))], ["patch_scores"])
+    g.op("Reshape", [flat, g.const("nhw", np.array([-1, h, w], np.int64))], [scores_name])
+
+
+def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: dict[str, np.ndarray], *,
+                       k: int = 1, image_size: tuple[int, int] | None = None, sigma: float = 0.0,
+                       chunk_rows: int | None = None, max_batch: int = 256, max_elements: int = MAX_ELEMENTS,
+                       refine: bool = True, features_name: str = "features"):
+    """ONNX model: ``features`` (N,D,h,w) → ``patch_scores`` (N,h,w) [+ ``anomaly_map`` (N,H,W) if image_size].
+
+    kind 'knn' needs arrays['bank.npy'] (M,D); 'mahalanobis' needs 'mean.npy' (h·w,C), 'factor.npy' (h·w,C,C).
+    """
+    d, h, w = feature_shape
+    g = _Graph()
+    _patch_scores(g, kind, feature_shape, arrays, k=k, chunk_rows=chunk_rows, max_batch=max_batch,
+                  max_elements=max_elements, refine=refine, features_name=features_name, scores_name="patch_scores")
     outputs = [helper.make_tensor_value_info("patch_scores", TensorProto.FLOAT, ["N", h, w])]
     if image_size is not None:
         g.op("Identity", [_anomaly_map(g, "patch_scores", h, w, image_size, sigma)], ["anomaly_map"])
@@ -191,6 +204,29 @@ def build_scoring_head(kind: str, feature_shape: tuple[int, int, int], arrays: d
                               [helper.make_tensor_value_info(features_name, TensorProto.FLOAT, ["N", d, h, w])],
                               outputs, initializer=g.inits)
     return _model(graph)
+
+
+def build_ensemble_head(members: list[dict], feature_shapes: list[tuple[int, int, int]],
+                        arrays: list[dict[str, np.ndarray]], *, max_batch: int = 256,
+                        max_elements: int = MAX_ELEMENTS, refine: bool = True):
+    """ONNX model of an ensemble's member heads (``scoring.kind = ensemble``): for member i, its graph output
+    ``members[i]["output"]`` (N,Dᵢ,hᵢ,wᵢ) → ``scoring.ensemble.scores_output(members[i])`` (N,hᵢ,wᵢ), the
+    same numbers as its host head. The fusion (each member's reduction, map, normalisation, mean) stays on
+    the host: it is a few hundred flops per frame and ``scoring.ensemble.fuse`` is its one definition."""
+    inputs, outputs, nodes, inits = {}, [], [], []
+    for member, shape, member_arrays in zip(members, feature_shapes, arrays):
+        g = _Graph(f"{PREFIX}{member['prefix']}")
+        scoring = member["scoring"]
+        d, h, w = shape
+        _patch_scores(g, scoring["kind"], shape, member_arrays, k=int(scoring.get("k", 1)), chunk_rows=None,
+                      max_batch=max_batch, max_elements=max_elements, refine=refine,
+                      features_name=member["output"], scores_name=scores_output(member))
+        inputs.setdefault(member["output"], helper.make_tensor_value_info(member["output"], TensorProto.FLOAT,
+                                                                          ["N", d, h, w]))
+        outputs.append(helper.make_tensor_value_info(scores_output(member), TensorProto.FLOAT, ["N", h, w]))
+        nodes += g.nodes
+        inits += g.inits
+    return _model(helper.make_graph(nodes, "anomedge_ensemble_head", list(inputs.values()), outputs, initializer=inits))
 
 
 def _model(graph):
@@ -214,28 +250,54 @@ def build_knn_search(bank: np.ndarray, k: int, chunk_rows: int = DEFAULT_CHUNK):
     return _model(graph)
 
 
+_HEAD_ARRAYS = {"knn": ["bank.npy"], "mahalanobis": ["mean.npy", "factor.npy"]}
+"""The artifact arrays each graph-scorable kind reads."""
+
+
 def build_head(artifact: Artifact, with_map: bool = True, **options):
-    """The scoring head for ``artifact`` (shapes, k, blur from its metadata; arrays from its files)."""
+    """The scoring head for ``artifact`` (shapes, k, blur from its metadata; arrays from its files).
+    An ensemble's head outputs its members' patch scores only (``build_ensemble_head``): ``with_map``
+    does not apply to it."""
     meta = artifact.metadata
     kind = meta.scoring.get("kind")
+    if kind == "ensemble":
+        return _ensemble_head(artifact, with_map, **options)
     feat = meta.outputs.get("features", {}).get("shape")
     if not feat or len(feat) != 4:
         raise ArtifactError(f"{artifact.root}: outputs.features.shape missing; re-export with ad-export")
-    names = {"knn": ["bank.npy"], "mahalanobis": ["mean.npy", "factor.npy"]}.get(kind, [])
     size = (meta.input.height, meta.input.width) if with_map else None
-    return build_scoring_head(kind, tuple(int(v) for v in feat[1:]), {n: artifact.array(n) for n in names},
+    return build_scoring_head(kind, tuple(int(v) for v in feat[1:]),
+                              {n: artifact.array(n) for n in _HEAD_ARRAYS.get(kind, [])},
                               k=int(meta.scoring.get("k", 1)), image_size=size,
                               sigma=float(meta.postprocess.get("blur_sigma", 0.0)), **options)
 
 
+
+def _ensemble_head(artifact: Artifact, with_map: bool, **options):
+    if with_map:
+        raise InputError(f"{artifact.root}: an ensemble's graph head outputs its members' patch scores; the fused "
+                         "anomaly map is made on the host (with_map=False)")
+    members = artifact.metadata.scoring["members"]
+    shapes, arrays = [], []
+    for member in members:
+        shape = artifact.metadata.outputs.get(member["output"], {}).get("shape")
+        if not shape or len(shape) != 4:
+            raise ArtifactError(f"{artifact.root}: outputs.{member['output']}.shape missing; re-export with ad-export")
+        shapes.append(tuple(int(v) for v in shape[1:]))
+        view = MemberArtifact.of(artifact, member)
+        arrays.append({n: view.array(n) for n in _HEAD_ARRAYS.get(member["scoring"]["kind"], [])})
+    return build_ensemble_head(members, shapes, arrays, **options)
+
+
 def merge_with_backbone(backbone, head):
-    """One graph: backbone's ``features`` feeds the head; outputs are the head's."""
+    """One graph: the backbone's outputs named like the head's inputs (``features``, or an ensemble's
+    member outputs) feed the head; outputs are the head's."""
     head.ir_version = backbone.ir_version
     opset = {o.domain: o.version for o in backbone.opset_import}
     if opset.get("", OPSET) != OPSET:
         del head.opset_import[:]
         head.opset_import.extend([helper.make_opsetid("", opset[""])])
-    merged = compose.merge_models(backbone, head, io_map=[("features", "features")],
+    merged = compose.merge_models(backbone, head, io_map=[(i.name, i.name) for i in head.graph.input],
                                   outputs=[o.name for o in head.graph.output])
     opsets = {o.domain: o.version for o in merged.opset_import}  # merge_models lists the default twice
     del merged.opset_import[:]

@@ -9,7 +9,8 @@ One table ``HEADS`` maps the artifact's ``scoring.kind`` to a head built from th
 - ``ensemble``: several of the above over one graph pass (``scoring.ensemble``); that head also
   fuses the members' image scores and maps (its ``postprocess``).
 ``PassThroughHead`` is the head of placement ``graph``: the scoring ran inside the graph, its
-``patch_scores`` (N,h,w) pass through.
+``patch_scores`` (N,h,w) pass through (an ensemble's: ``scoring.ensemble.EnsembleGraphHead``; both
+from ``make_graph_head``).
 """
 
 from __future__ import annotations
@@ -149,6 +150,15 @@ HEADS: dict[str, Callable[[Artifact, str | None], Callable[[dict[str, np.ndarray
     "reconstruction": ReconstructionHead,
     "ensemble": _ensemble_head,
 }
+
+
+def make_graph_head(artifact: Artifact) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+    """The head of placement graph: the scores pass through (an ensemble's members', to be fused on the host)."""
+    if artifact.metadata.scoring.get("kind") == "ensemble":
+        from .ensemble import EnsembleGraphHead
+
+        return EnsembleGraphHead(artifact)
+    return PassThroughHead()
 
 
 def make_head(artifact: Artifact, kernel: str | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

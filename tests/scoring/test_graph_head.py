@@ -16,7 +16,8 @@ from anomedge.artifact import Artifact
 from anomedge.errors import ArtifactError, InputError
 from anomedge.export.writer import add_graph_placement
 from anomedge.runtime.pipeline import graph_file
-from anomedge.scoring.graph import build_scoring_head, chunk_width
+from anomedge.scoring.ensemble import EnsembleGraphHead
+from anomedge.scoring.graph import build_ensemble_head, build_scoring_head, chunk_width
 from anomedge.scoring.heads import PassThroughHead
 from anomedge.scoring.postprocess import anomaly_maps
 
@@ -118,6 +119,52 @@ def test_unsupported_kind_and_graph_head_errors(tiny_artifact):
     with pytest.raises(ArtifactError, match="patch_scores"):
         PassThroughHead()({"features": np.zeros((1, 2, 2, 2), np.float32)})
 
+
+
+def test_ensemble_head_outputs_each_members_scores_as_its_own_head(data):
+    """Two members over different graph outputs (kNN on (24,5,6), Mahalanobis on (16,4,5)) and a third
+    reading the first one's output again: each output equals that member's single head's (same ops,
+    own name scope), and a shared input is declared once."""
+    from anomedge.scoring.kernels import inverse_cov_factor
+
+    bank, feats = data
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(20, 16, 16))
+    arrays_m = {"mean.npy": rng.normal(size=(20, 16)).astype(np.float32),
+                "factor.npy": inverse_cov_factor(a @ a.transpose(0, 2, 1) / 16 + 0.1 * np.eye(16))}
+    other = rng.normal(size=(2, 16, 4, 5)).astype(np.float32)
+    members = [{"prefix": "m0_", "output": "m0_features", "scoring": {"kind": "knn", "k": 1}},
+               {"prefix": "m1_", "output": "m1_features", "scoring": {"kind": "mahalanobis"}},
+               {"prefix": "m2_", "output": "m0_features", "scoring": {"kind": "knn", "k": 3}}]
+    model = build_ensemble_head(members, [(24, 5, 6), (16, 4, 5), (24, 5, 6)], [{"bank.npy": bank}, arrays_m,
+                                                                                {"bank.npy": bank[:50]}])
+    assert [i.name for i in model.graph.input] == ["m0_features", "m1_features"]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()],
+                   session.run(None, {"m0_features": feats, "m1_features": other})))
+    assert sorted(got) == ["m0_patch_scores", "m1_patch_scores", "m2_patch_scores"]
+    np.testing.assert_allclose(got["m0_patch_scores"], _run(build_scoring_head("knn", (24, 5, 6), {"bank.npy": bank}),
+                                                            feats)[0], rtol=1e-6)
+    np.testing.assert_allclose(got["m0_patch_scores"], _knn_oracle(feats, bank, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["m2_patch_scores"], _knn_oracle(feats, bank[:50], 3), rtol=1e-5, atol=1e-5)
+    (alone,) = _run(build_scoring_head("mahalanobis", (16, 4, 5), arrays_m), other)
+    np.testing.assert_allclose(got["m1_patch_scores"], alone, rtol=1e-6)
+    assert got["m1_patch_scores"].shape == (2, 4, 5) and np.ptp(alone) > 0
+
+
+def test_ensemble_graph_head_names_the_missing_member_output():
+    class Art:
+        class metadata:
+            scoring = {"members": [{"prefix": "m0_"}, {"prefix": "m1_"}]}
+
+            class input:
+                height = width = 8
+
+    head = EnsembleGraphHead(Art)
+    scores = np.zeros((1, 2, 2), np.float32)
+    assert head({"m0_patch_scores": scores, "m1_patch_scores": scores + 1})[1][0, 0, 0] == 1
+    with pytest.raises(ArtifactError, match="expected m1_patch_scores; run model.graph.onnx"):
+        head({"m0_patch_scores": scores, "m0_features": scores})
 
 @pytest.mark.slow
 def test_merged_graph_matches_host_placement(tiny_artifact, elpv_paths, tmp_path):
