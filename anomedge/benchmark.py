@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .runtime.kernel_race import knn_head
 from .runtime.pipeline import STAGE_NAMES, Inspector
 from .runtime.verify import Parity, parity  # noqa: F401  (re-exported: callers compare with it)
 
@@ -173,19 +174,6 @@ def kernel_race(bank: np.ndarray, queries: np.ndarray, runs: int = 20, graph=Non
     flat.add(np.ascontiguousarray(bank, dtype=np.float32))
     result["faiss_flat"] = timed(lambda: flat.search(queries, 1), runs)[0]
     return result
-
-
-def knn_head(artifact) -> tuple[str, str, str, int] | None:
-    """The artifact's kNN head → (graph output it reads, bank file, kNN graph file, k): a PatchCore
-    artifact's own, or an ensemble's first kNN member's (its prefixed files); None without one."""
-    scoring = artifact.metadata.scoring
-    if scoring.get("kind") == "knn":
-        return "features", "bank.npy", "knn.onnx", int(scoring.get("k", 1))
-    for member in scoring.get("members", []) if scoring.get("kind") == "ensemble" else []:
-        if member["scoring"].get("kind") == "knn":
-            pre = member["prefix"]
-            return member["output"], f"{pre}bank.npy", f"{pre}knn.onnx", int(member["scoring"].get("k", 1))
-    return None
 
 
 def artifact_kernel_race(artifact, frame: np.ndarray, runs: int = 20) -> dict[str, float] | None:

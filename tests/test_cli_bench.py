@@ -77,7 +77,7 @@ def test_knn_head_finds_patchcore_and_an_ensembles_knn_member(tiny_artifact):
     """The race's target: PatchCore's own bank, an ensemble's first kNN member's prefixed files, else None."""
     from types import SimpleNamespace
 
-    from anomedge.benchmark import knn_head
+    from anomedge.runtime.kernel_race import knn_head
 
     assert knn_head(tiny_artifact) == ("features", "bank.npy", "knn.onnx", 1)
     members = [{"prefix": "m0_", "output": "m0_features", "scoring": {"kind": "mahalanobis"}},

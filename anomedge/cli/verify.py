@@ -62,6 +62,10 @@ def run_plan(artifact, plan, device: str, threads: int | None, keep_going: bool)
     return results
 
 
+RACE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
+"""Backends whose ``infer`` is the frame's graph: --race times whole frames on one of them."""
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path())
 @click.option("--backend", default="onnxruntime", show_default=True, help="onnxruntime | openvino | tensorrt | torch.")
@@ -70,11 +74,11 @@ def run_plan(artifact, plan, device: str, threads: int | None, keep_going: bool)
               help="Model variant / inference precision (default fp32).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default=None,
               help="Scoring on the host or inside the graph (default: as recorded in the artifact).")
-@click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime"]), default=None,
+@click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime", "blocked", "pruned"]), default=None,
               help="Host kNN kernel (default: the winner of the race on this machine).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--all", "run_all", is_flag=True, help="Every backend × precision × placement available here.")
-@click.option("--race", is_flag=True, help="Race the host kNN kernels again on this machine and cache the winner.")
+@click.option("--race", is_flag=True, help="Race the host kNN kernels again on this machine (whole frames on --backend) and cache the winner.")
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON instead of a table.")
 @one_line_errors
 def main(artifact, backend, device, precision, placement, knn_kernel, threads, run_all, race, as_json):
@@ -83,16 +87,23 @@ def main(artifact, backend, device, precision, placement, knn_kernel, threads, r
     import sys
 
     from ..artifact import Artifact
-    from ..errors import ArtifactError
+    from ..errors import ArtifactError, InputError
     from ..runtime.verify import NO_GOLDEN, golden
 
     loaded = Artifact.load(artifact)
     if golden(loaded) is None:
         raise ArtifactError(NO_GOLDEN.format(root=loaded.root))
-    if race and loaded.metadata.scoring.get("kind") == "knn":
-        from ..runtime.kernel_race import choose_kernel, cpu_name
+    if race:
+        from ..runtime.kernel_race import choose_kernel, cpu_name, frame_companion, knn_head
+        from ..runtime.pipeline import Inspector
 
-        choice = choose_kernel(loaded, fresh=True)
+        if knn_head(loaded) is None:
+            raise InputError(f"--race: {loaded.root} has no kNN head to race (scoring kind "
+                             f"'{loaded.metadata.scoring.get('kind')}'); drop --race")
+        racer = backend if backend in RACE_BACKENDS else "onnxruntime"  # a graph backend: its infer runs the frame
+        with Inspector(loaded, racer, device, placement="host", knn_kernel="numpy", threads=threads) as inspector:
+            choice = choose_kernel(loaded, fresh=True, companion=frame_companion(inspector.backend, loaded),
+                                   backend=inspector.backend.name)
         times = ", ".join(f"{k} {v:.3f} ms" for k, v in choice.ms.items())
         click.echo(f"kNN kernel race on {cpu_name()}: {choice.kernel} wins ({times or choice.how}); "
                    f"cached in {choice.cache or 'nowhere (no writable cache)'}", err=True)

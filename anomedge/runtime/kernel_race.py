@@ -1,11 +1,19 @@
 """The host kNN kernel race, run on the target and cached beside the artifact — never in its hashed files.
 
-``choose_kernel(artifact)`` → ``KernelChoice``: the cached winner for this CPU if the cache entry
-still matches the artifact's bank and ``knn.onnx`` (by their sha256), else a fresh race of
-``scoring.heads.KNN_KERNELS`` on queries shaped like one frame's patches, written to
-``<artifact>/.cache/kernel-<cpu fingerprint>.json`` or, when the folder is read-only, to
+``choose_kernel(artifact, companion)`` → ``KernelChoice``: the cached winner for this CPU if the cache
+entry still matches the artifact's bank and kNN graph (by their sha256) and the way it was raced, else a
+fresh race of ``scoring.heads.KNN_KERNELS`` on queries shaped like one frame's patches, written to
+``<artifact>/.cache/kernel-<cpu fingerprint>[-<backend>].json`` or, when the folder is read-only, to
 ``$XDG_CACHE_HOME/anomedge/<artifact sha256[:16]>/`` (default ``~/.cache``). An unwritable cache is
 a warning, never an error: the race then runs at every load.
+
+What is raced is one frame, not the search alone: with a ``companion`` (the backend's graph on one
+frame, ``frame_companion``) every lap is companion + search, each kernel's laps in a block of their
+own. A kernel's cost includes what it does to the backbone of the next frame: numpy's kernel runs on
+OpenBLAS, whose idle workers spin for ≈ 0.1 s after a call, on the cores the backbone's own thread
+pool needs next (2-core AMD EPYC Zen 3: backbone 10.9 → 16.0 ms after it, p50; unchanged after the
+onnxruntime kernel, whose pool does not spin). Raced alone, numpy won there by 2 ms and cost 5.
+The artifact's kNN head is a PatchCore artifact's own or an ensemble's first kNN member's (``knn_head``).
 """
 
 from __future__ import annotations
@@ -19,14 +27,23 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
 from ..artifact import Artifact
-from ..scoring.heads import KNN_GRAPH, KNN_KERNELS, NEEDS_GRAPH, knn_graph
+from ..errors import ArtifactError
+from ..scoring.heads import KNN_GRAPH, KNN_KERNELS, NEEDS_GRAPH
 
 CACHE_DIR = ".cache"
-RACE_RUNS = 7
+RACE_RUNS = 8
+"""Timed laps per kernel and pass."""
+WARMUP_RUNS = 2
+PASSES = 2
+"""Kernels run in order, then in reverse order (a drifting host bills every kernel alike)."""
+SETTLE_S = 0.15
+"""Pause before each kernel's block of a frame race, so that the previous kernel's idle BLAS workers
+have stopped spinning (OpenBLAS: ≈ 2²⁸ cycles after a call) and do not bill the next kernel."""
 log = logging.getLogger("anomedge")
 
 
@@ -65,42 +82,79 @@ def cpu_fingerprint() -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def cache_candidates(artifact: Artifact) -> list[Path]:
-    """Where the race result may live, in order: beside the artifact, then the user cache dir."""
-    name = f"kernel-{cpu_fingerprint()}.json"
+def cache_candidates(artifact: Artifact, backend: str | None = None) -> list[Path]:
+    """Where the race result may live, in order: beside the artifact, then the user cache dir; one
+    file per way of racing (the search alone, or frames on ``backend``)."""
+    name = f"kernel-{cpu_fingerprint()}{'-' + backend if backend else ''}.json"
     user = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anomedge" / artifact.sha256[:16]
     return [artifact.root / CACHE_DIR / name, user / name]
 
 
-def _identity(artifact: Artifact) -> dict[str, object]:
+def knn_head(artifact) -> tuple[str, str, str, int] | None:
+    """The artifact's kNN head → (graph output it reads, bank file, kNN graph file, k): a PatchCore
+    artifact's own, or an ensemble's first kNN member's (its prefixed files); None without one."""
+    scoring = artifact.metadata.scoring
+    if scoring.get("kind") == "knn":
+        return "features", "bank.npy", KNN_GRAPH, int(scoring.get("k", 1))
+    for member in scoring.get("members", []) if scoring.get("kind") == "ensemble" else []:
+        if member["scoring"].get("kind") == "knn":
+            pre = member["prefix"]
+            return member["output"], f"{pre}bank.npy", f"{pre}{KNN_GRAPH}", int(member["scoring"].get("k", 1))
+    return None
+
+
+def frame_companion(backend, artifact: Artifact) -> Callable[[], Any]:
+    """One frame of ``backend``'s work (an opened host-placement backend): its graph on a seeded noise
+    frame of the artifact's input size (the backbone's cost does not depend on the pixels)."""
+    from .preprocess import preprocess
+
+    spec = artifact.metadata.input
+    frame = np.random.default_rng(0).integers(0, 256, (spec.height, spec.width, 3), dtype=np.uint8)
+    batch = preprocess([frame], spec)
+    return lambda: backend.infer(batch)
+
+
+def _head(artifact: Artifact) -> tuple[str, str, str, int]:
+    head = knn_head(artifact)
+    if head is None:
+        raise ArtifactError(f"{artifact.root}: no kNN head (scoring kind '{artifact.metadata.scoring.get('kind')}'); "
+                            "the kNN kernel race applies to PatchCore artifacts and ensembles with a kNN member")
+    return head
+
+
+def _identity(artifact: Artifact, raced: str) -> dict[str, object]:
+    _, bank_file, graph_file, k = _head(artifact)
     files = artifact.metadata.files
-    return {"bank.npy": files.get("bank.npy"), KNN_GRAPH: files.get(KNN_GRAPH),
-            "k": int(artifact.metadata.scoring.get("k", 1))}
+    return {"bank": files.get(bank_file), "graph": files.get(graph_file), "k": k, "race": raced}
 
 
-def race(artifact: Artifact, runs: int = RACE_RUNS) -> dict[str, float]:
-    """Median ms of each kNN kernel searching this artifact's bank with one frame's worth of queries."""
-    bank = artifact.array("bank.npy")
-    k = int(artifact.metadata.scoring.get("k", 1))
-    shape = artifact.metadata.outputs.get("features", {}).get("shape") or [1, 1, 1, 1]
+def race(artifact: Artifact, runs: int = RACE_RUNS, companion: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Median ms by kernel of one frame's search of the artifact's kNN bank (queries: bank rows + noise,
+    as many as one frame's patches); with ``companion``, of companion + search (module docstring)."""
+    output, bank_file, graph_file, k = _head(artifact)
+    bank = artifact.array(bank_file)
+    shape = artifact.metadata.outputs.get(output, {}).get("shape") or [1, 1, 1, 1]
     queries = max(1, int(shape[-1]) * int(shape[-2]))
     rng = np.random.default_rng(0)
     sample = bank[rng.integers(0, len(bank), queries)].astype(np.float32)
     q = sample + rng.normal(scale=float(sample.std()) * 0.1 + 1e-6, size=sample.shape).astype(np.float32)
-    graph = knn_graph(artifact)
-    times = {}
-    for name, make in KNN_KERNELS.items():
-        if graph is None and name in NEEDS_GRAPH:
-            continue
-        index = make(bank, k, graph)
-        index.search(q, k)
-        laps = []
-        for _ in range(runs):
-            start = time.perf_counter()
-            index.search(q, k)
-            laps.append((time.perf_counter() - start) * 1e3)
-        times[name] = float(np.median(laps))
-    return times
+    graph = artifact.path(graph_file) if artifact.has(graph_file) else None
+    indexes = {name: make(bank, k, graph) for name, make in KNN_KERNELS.items()
+               if graph is not None or name not in NEEDS_GRAPH}
+    order = list(indexes)
+    laps: dict[str, list[float]] = {name: [] for name in order}
+    for blocks in range(PASSES):
+        for i, name in enumerate(order if blocks % 2 == 0 else order[::-1]):
+            if companion is not None and (blocks or i):
+                time.sleep(SETTLE_S)
+            for lap in range(WARMUP_RUNS + runs):
+                start = time.perf_counter()
+                if companion is not None:
+                    companion()
+                indexes[name].search(q, k)
+                if lap >= WARMUP_RUNS:
+                    laps[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(laps[name])) for name in order}
 
 
 def _read(path: Path, identity: dict[str, object]) -> dict | None:
@@ -125,19 +179,24 @@ def _write(path: Path, entry: dict) -> bool:
         return False
 
 
-def choose_kernel(artifact: Artifact, fresh: bool = False) -> KernelChoice:
+def choose_kernel(artifact: Artifact, fresh: bool = False, companion: Callable[[], Any] | None = None,
+                  backend: str | None = None) -> KernelChoice:
     """The host kNN kernel for this artifact on this machine (see the module docstring);
-    ``fresh``: race again even if a cached winner exists."""
-    identity = _identity(artifact)
-    candidates = cache_candidates(artifact)
+    ``fresh``: race again even if a cached winner exists. ``companion`` (``frame_companion``) and
+    ``backend`` (its name): race whole frames on that backend; without them, the search alone. A
+    winner cached by one way of racing is not reused by the other."""
+    backend = (backend or "unnamed") if companion is not None else None
+    identity = _identity(artifact, f"frame/{backend}" if backend else "search")
+    candidates = cache_candidates(artifact, backend)
     if not fresh:
         for path in candidates:
             entry = _read(path, identity)
             if entry is not None:
                 return KernelChoice(entry["kernel"], "cached", entry.get("ms", {}), str(path))
-    ms = race(artifact)
+    ms = race(artifact, companion=companion)
     winner = min(ms, key=ms.get)
-    how = "raced" if knn_graph(artifact) is not None else f"raced (no {KNN_GRAPH}: host kernels only)"
+    has_graph = artifact.has(_head(artifact)[2])
+    how = "raced" if has_graph else f"raced (no {KNN_GRAPH}: host kernels only)"
     entry = {"kernel": winner, "ms": {k: round(v, 4) for k, v in ms.items()}, "cpu": cpu_name(),
              "fingerprint": cpu_fingerprint(), "identity": identity,
              "raced": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

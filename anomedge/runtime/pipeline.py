@@ -35,6 +35,7 @@ from ..scoring.mask import IgnoreMask, load_ignore_mask, masked_postprocess
 from ..scoring.postprocess import anomaly_maps, image_scores
 from .backends.base import Backend, Stages
 from .decision import Decision, thresholds_for
+from .kernel_race import choose_kernel, frame_companion, knn_head
 from .preprocess import preprocess
 from .registry import get_backend
 from .tiling import TilingSpec
@@ -74,16 +75,16 @@ def graph_file(artifact: Artifact, placement: str) -> str | None:
 def host_stages(artifact: Artifact, backend: Backend, placement: str, knn_kernel: str | None = None) -> Stages:
     """preprocess (OpenCV) → ``backend.infer`` → head → postprocess (OpenCV + numpy) for ``artifact``.
 
-    Head: pass-through for placement graph, else the scoring kind's host head; for kNN the kernel is
-    ``knn_kernel`` if given, else the winner of the race on this machine (``runtime.kernel_race``)."""
+    Head: pass-through for placement graph, else the scoring kind's host head; for a kNN head (PatchCore,
+    an ensemble's kNN member) the kernel is ``knn_kernel`` if given, else the winner of the race of whole
+    frames on this backend and machine (``runtime.kernel_race``)."""
     meta = artifact.metadata
     if placement == "graph":
         head = make_graph_head(artifact)
     else:
-        if knn_kernel is None and meta.scoring.get("kind") == "knn":
-            from .kernel_race import choose_kernel
-
-            knn_kernel = choose_kernel(artifact).kernel
+        if knn_kernel is None and knn_head(artifact) is not None:
+            knn_kernel = choose_kernel(artifact, companion=frame_companion(backend, artifact),
+                                       backend=backend.name).kernel
         head = make_head(artifact, knn_kernel)
     post = meta.postprocess
     size = (meta.input.height, meta.input.width)
