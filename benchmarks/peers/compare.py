@@ -191,25 +191,36 @@ def rgb(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.repeat(frame, 3, axis=2) if frame.shape[2] == 1 else frame)
 
 
-def interleaved(paths: dict[str, Callable], frames: list[np.ndarray], warmup: int) -> dict[str, dict]:
+SETTLE_S = 0.2
+"""Pause before each block (schedule "blocks"): the previous path's idle worker threads stop spinning."""
+
+
+def interleaved(paths: dict[str, Callable], frames: list[np.ndarray], warmup: int, block: int = 1) -> dict[str, dict]:
+    """Every path on every frame. ``block`` 1: strict round-robin per image (the order rotates per image).
+    ``block`` B > 1: each path runs B consecutive frames, paths rotate per block, a ``SETTLE_S`` pause
+    before each path's block — in one process the runtimes' thread pools (OpenVINO's TBB, onnxruntime,
+    OpenBLAS, torch's OpenMP) keep spinning after a call, so per-image round-robin bills each path for
+    its predecessor's spinning threads; blocks measure each path's steady state, as it runs on a line."""
     names = list(paths)
     for frame in frames[:warmup]:
         for name in names:
             paths[name](frame)
-    ms = {n: [] for n in names}
-    scores = {n: [] for n in names}
-    for i, frame in enumerate(frames):
-        order = names[i % len(names):] + names[:i % len(names)]
+    ms = {n: [0.0] * len(frames) for n in names}
+    scores = {n: [0.0] * len(frames) for n in names}
+    for b, first in enumerate(range(0, len(frames), block)):
+        order = names[b % len(names):] + names[:b % len(names)]
         for name in order:
-            start = time.perf_counter()
-            score = paths[name](frame)
-            ms[name].append((time.perf_counter() - start) * 1e3)
-            scores[name].append(score)
+            if block > 1:
+                time.sleep(SETTLE_S)
+            for i in range(first, min(first + block, len(frames))):
+                start = time.perf_counter()
+                scores[name][i] = paths[name](frames[i])
+                ms[name][i] = (time.perf_counter() - start) * 1e3
     return {n: {"ms": np.asarray(ms[n]), "scores": np.asarray(scores[n])} for n in names}
 
 
 def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None, with_torch: bool,
-                 train_limit: int | None = None) -> list[dict]:
+                 train_limit: int | None = None, blocks: tuple[int, ...] = (1,)) -> list[dict]:
     split = load_elpv(cell, seed=seed)
     if train_limit:
         split = dataclasses.replace(split, train=split.train[:train_limit])
@@ -232,32 +243,36 @@ def run_detector(kind: str, cell: str, seed: int, work: Path, limit: int | None,
     test = [split.test[i] for i in pick]
     labels = np.asarray(split.test_labels)[pick]
     frames = [rgb(read_image(p)) for p in test]
-    print(f"[{kind} {cell}] {len(frames)} test cells × {len(paths)} paths, round-robin …", flush=True)
-    results = interleaved(paths, frames, warmup=5)
-    for insp in inspectors:
-        insp.close()
-    base = results["anomalib OpenVINOInferencer"]["ms"]
-    sizes = {"anomalib OpenVINOInferencer": folder_mb(ov_xml.parent), "anomalib ONNX on onnxruntime":
-             folder_mb(onnx_file.parent)}
+    base_sizes = {"anomalib OpenVINOInferencer": folder_mb(ov_xml.parent), "anomalib ONNX on onnxruntime":
+                  folder_mb(onnx_file.parent)}
     ours_mb = sum((ours.artifact.root / f).stat().st_size for f in ours.artifact.metadata.files) / 2**20
     rows = []
-    for name, r in results.items():
-        mine = name.startswith("anomedge")
-        rows.append({"detector": kind, "cells": cell, "seed": seed, "path": name,
-                     "p50_ms": float(np.percentile(r["ms"], 50)), "p99_ms": float(np.percentile(r["ms"], 99)),
-                     "min_ms": float(r["ms"].min()), "paired_speedup_vs_anomalib_ov": float(np.median(base / r["ms"])),
-                     "auroc": auroc(labels, r["scores"]), "artifact_mb": ours_mb if mine else sizes[name],
-                     "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames),
-                     "precision": precisions[name]})
+    for block in blocks:  # every schedule on the same fitted models, one after the other
+        how = "round-robin per image" if block == 1 else f"blocks of {block} images, rotated"
+        print(f"[{kind} {cell}] {len(frames)} test cells × {len(paths)} paths, {how} …", flush=True)
+        results = interleaved(paths, frames, warmup=5, block=block)
+        base = results["anomalib OpenVINOInferencer"]["ms"]
+        for name, r in results.items():
+            mine = name.startswith("anomedge")
+            rows.append({"detector": kind, "cells": cell, "seed": seed, "path": name, "block": block,
+                         "p50_ms": float(np.percentile(r["ms"], 50)), "p99_ms": float(np.percentile(r["ms"], 99)),
+                         "min_ms": float(r["ms"].min()),
+                         "paired_speedup_vs_anomalib_ov": float(np.median(base / r["ms"])),
+                         "auroc": auroc(labels, r["scores"]), "artifact_mb": ours_mb if mine else base_sizes[name],
+                         "fit_s": ours.fit_seconds if mine else their_fit_s, "n_test": len(frames),
+                         "precision": precisions[name]})
+    for insp in inspectors:
+        insp.close()
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| detector | cells | path | runs in | p50 ms | p99 ms | min ms | speed-up vs anomalib OV (paired) | AUROC | "
-            "artifact MB | fit s |\n|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| schedule | detector | cells | path | runs in | p50 ms | p99 ms | min ms | speed-up vs anomalib OV (paired) | AUROC | "
+            "artifact MB | fit s |\n|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['detector']} | {r['cells']} | {r['path']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
+        schedule = "per image" if r.get("block", 1) == 1 else f"blocks of {r['block']}"
+        lines.append(f"| {schedule} | {r['detector']} | {r['cells']} | {r['path']} | {r['precision']} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | "
                      f"{r['min_ms']:.1f} | {r['paired_speedup_vs_anomalib_ov']:.2f}× | {r['auroc']:.4f} | "
                      f"{r['artifact_mb']:.1f} | {r['fit_s']:.1f} |")
     return "\n".join(lines)
@@ -271,9 +286,18 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="test cells timed and scored, a seeded random subset (default: all)")
     parser.add_argument("--train-limit", type=int, default=None, help="good training cells (default: all; a smoke test)")
     parser.add_argument("--no-torch", action="store_true", help="skip the PyTorch reference path")
+    parser.add_argument("--blocks", default="1", help="schedules to run, comma list of block sizes: 1 = strict "
+                        "round-robin per image; B > 1 = B images per path, rotated (e.g. 1,25: both, same models)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "peers" / "work")
     parser.add_argument("--json", type=Path, default=ROOT / "runs" / "peers" / "compare.json")
     args = parser.parse_args(argv)
+    try:
+        blocks = tuple(int(b) for b in args.blocks.split(","))
+    except ValueError:
+        blocks = ()
+    if not blocks or min(blocks) < 1:
+        print(f"compare.py: --blocks {args.blocks!r}: expected whole numbers ≥ 1, e.g. 1,25", file=sys.stderr)
+        return 2
     try:
         import anomalib
     except ModuleNotFoundError:
@@ -288,9 +312,11 @@ def main(argv=None) -> int:
             if kind not in ANOMEDGE_PARAMS:
                 print(f"compare.py: detector '{kind}': expected one of {', '.join(ANOMEDGE_PARAMS)}", file=sys.stderr)
                 return 2
-            rows += run_detector(kind, cell, args.seed, args.work.resolve(), args.limit, not args.no_torch, args.train_limit)
+            rows += run_detector(kind, cell, args.seed, args.work.resolve(), args.limit, not args.no_torch, args.train_limit,
+                                 blocks)
     table = markdown(rows)
-    print(f"\nCPU: {cpu}; batch 1, {THREADS} threads, strict round-robin per image\n{table}")
+    print(f"\nCPU: {cpu}; batch 1, {THREADS} threads; schedules: per image = strict round-robin per image, "
+          f"blocks of B = B images per path, rotated, {SETTLE_S} s pause before each block\n{table}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"cpu": cpu, "anomalib": anomalib.__version__, "rows": rows}, indent=1))
     return 0
