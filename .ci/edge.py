@@ -78,6 +78,7 @@ KINDS = (
     Kind("simplenet", "simplenet", ("--detector", "simplenet", *CNN, "--param", "hidden=16", "--param", "epochs=1",
                                     "--param", "batch_size=256", "--param", "threads=1")),
     Kind("ensemble", "ensemble", ("--detector", "ensemble", *CNN)),
+    Kind("ensemble/graph", "ensemble-graph", ("--detector", "ensemble", *CNN, "--placement", "graph")),
 )
 
 # The lowest versions pyproject.toml allows, by the Python the floors venv gets. Python 3.10 is JetPack 6's
