@@ -13,6 +13,7 @@ from __future__ import annotations
 import click
 
 from ..runtime.precisions import ALL_PRECISIONS
+from ..scoring.heads import KNN_KERNELS
 from .common import one_line_errors
 
 
@@ -58,8 +59,8 @@ from .common import one_line_errors
               help="A frame that cannot be decided (unreadable, non-finite score): an ERROR record, or NG (reject it).")
 @click.option("--max-pixels", type=click.IntRange(min=1), default=64_000_000, show_default=True,
               help="Pixel budget per image file, checked in its header before decoding; larger → ERROR record.")
-@click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime", "blocked", "pruned"]), default=None,
-              help="Override the host kNN kernel recorded in the artifact (raced at export).")
+@click.option("--knn-kernel", type=click.Choice(list(KNN_KERNELS)), default=None,
+              help="Host kNN kernel (default: the winner of the race of whole frames on this machine, cached).")
 @click.option("--max-tile-batch", type=int, default=16, show_default=True,
               help="Tiled artifact: most tiles per backend call (bounds memory; docs/tiling.md).")
 @click.option("--skip-verify", is_flag=True, help="Inspect without first checking the golden frames (see ad-verify).")

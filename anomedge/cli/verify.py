@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import click
 
+from ..scoring.heads import KNN_KERNELS
 from .common import format_table, one_line_errors
 
 COLUMNS = ["backend", "precision", "placement", "kernel", "max rel Δscore", "max |Δmap|/range", "agree",
@@ -22,8 +23,6 @@ def plan_all(artifact) -> list[tuple[str, dict]]:
     """Every (backend, Inspector options) this toolkit can verify for ``artifact``: the torch reference,
     onnxruntime at fp32 (each kNN kernel) and each recorded variant, OpenVINO and TensorRT at fp32,
     TensorRT when the artifact has an engine, and placement graph on the graph backends when it has one."""
-    from ..scoring.heads import KNN_KERNELS
-
     knn = artifact.metadata.scoring.get("kind") == "knn"
     plan: list[tuple[str, dict]] = [("torch", {"placement": "host"})]
     for kernel in (KNN_KERNELS if knn else [None]):
@@ -74,7 +73,7 @@ RACE_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
               help="Model variant / inference precision (default fp32).")
 @click.option("--placement", type=click.Choice(["host", "graph"]), default=None,
               help="Scoring on the host or inside the graph (default: as recorded in the artifact).")
-@click.option("--knn-kernel", type=click.Choice(["numpy", "onnxruntime", "blocked", "pruned"]), default=None,
+@click.option("--knn-kernel", type=click.Choice(list(KNN_KERNELS)), default=None,
               help="Host kNN kernel (default: the winner of the race on this machine).")
 @click.option("--threads", type=int, default=None, help="Intra-op threads (default: all cores).")
 @click.option("--all", "run_all", is_flag=True, help="Every backend × precision × placement available here.")

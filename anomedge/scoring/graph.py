@@ -272,7 +272,6 @@ def build_head(artifact: Artifact, with_map: bool = True, **options):
                               sigma=float(meta.postprocess.get("blur_sigma", 0.0)), **options)
 
 
-
 def _ensemble_head(artifact: Artifact, with_map: bool, **options):
     if with_map:
         raise InputError(f"{artifact.root}: an ensemble's graph head outputs its members' patch scores; the fused "
